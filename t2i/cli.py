@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:  # this command is not part of the install yet
-                continue
+            if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+                continue  # this command (or its package) is not part of the install yet
             raise
         mod.configure_parser(sub)
     return parser
