@@ -1,0 +1,235 @@
+"""Text-conditioned diffusion baseline: diffusers' UNet2DConditionModel cross-attending to the word features.
+
+Training is DDPM (epsilon or v-prediction) with caption dropout, so one network learns both the conditional and the
+unconditional score and classifier-free guidance works at sampling time. Sampling uses DDIM or DPM-Solver with a
+chosen number of steps. The space is pixels by default here; latent diffusion in a VQ/KL autoencoder's space plugs
+in through `vae` once an autoencoder is trained (#5).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+
+@dataclass
+class DiffusionConfig:
+    """UNet size, noise schedule and conditioning of the diffusion baseline."""
+
+    resolution: int = 64
+    in_channels: int = 3  # 3 for pixels; the autoencoder's latent channels for latent diffusion
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 384  # the text encoder's width (all-MiniLM-L6-v2: 384)
+    norm_num_groups: int = 16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine: better than linear at low resolution (Nichol & Dhariwal)
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    caption_dropout: float = 0.1  # share of captions replaced by "" in training: the unconditional model for CFG
+    down_block_types: tuple[str, ...] = field(default=())
+    up_block_types: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        if not self.down_block_types:
+            # Cross-attention at every level but the first (the full-resolution level is too costly on a CPU).
+            self.down_block_types = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+        if not self.up_block_types:
+            self.up_block_types = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+
+
+def build_unet(cfg: DiffusionConfig) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=cfg.resolution,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.in_channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
+
+
+SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each caption by "" with probability p (the unconditional branch of classifier-free guidance)."""
+    if p <= 0:
+        return list(captions)
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def diffusion_loss(
+    unet: UNet2DConditionModel,
+    noise_scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    words: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DDPM training loss: MSE between the UNet's output and the epsilon (or v) target at a random timestep.
+
+    x0 (B, C, H, W) clean images or latents; words (B, T, D) text features; mask (B, T) True on real tokens.
+    """
+    B = x0.shape[0]
+    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), device=x0.device, generator=generator)
+    xt = noise_scheduler.add_noise(x0, noise, t)  # (B, C, H, W)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(x0, noise, t)
+    else:
+        target = noise
+    pred = unet(xt, t, encoder_hidden_states=words, encoder_attention_mask=mask).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+class T2IDiffusionPipeline(DiffusionPipeline):
+    """Caption -> images with classifier-free guidance; the sampling loop is written out in __call__."""
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self, unet: UNet2DConditionModel, scheduler, text_encoder_name: str | None = None, max_length: int = 32
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
+        self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length)
+        self._text_encoder = None
+
+    family = "diffusion"
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from t2i.text import TextEncoder, default_cache_dir
+
+            self._text_encoder = TextEncoder(
+                self.config.text_encoder_name, max_length=self.config.max_length, cache_dir=default_cache_dir()
+            )
+        return self._text_encoder
+
+    def set_text_encoder(self, encoder) -> None:
+        """Share an already loaded TextEncoder (apps load one for every family)."""
+        self._text_encoder = encoder
+
+    def use_sampler(self, name: str) -> None:
+        """Swap the sampling scheduler ('ddim', 'dpm' or 'ddpm') keeping the training noise schedule."""
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+        self.scheduler = SAMPLERS[name].from_config(self.scheduler.config)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        captions: list[str] | str,
+        num_images_per_caption: int = 1,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        text_features=None,
+    ) -> torch.Tensor:
+        """(len(captions) * k, 3, R, R) images in [-1, 1], caption-major; the same seed gives the same images."""
+        if isinstance(captions, str):
+            captions = [captions]
+        device = self.unet.device
+        if text_features is None:
+            text_features = self.text_encoder.encode(list(captions))
+        words = text_features.words.repeat_interleave(num_images_per_caption, 0).to(device)
+        mask = text_features.mask.repeat_interleave(num_images_per_caption, 0).to(device)
+        null = self.text_encoder.encode([""]).to(device) if guidance_scale != 1.0 else None
+        generator = torch.Generator("cpu").manual_seed(seed)
+        C, R = self.unet.config.in_channels, self.resolution
+        noise = randn_tensor((words.shape[0], C, R, R), generator=generator, dtype=self.unet.dtype)
+        out = []
+        for i in range(0, words.shape[0], batch_size):
+            out.append(
+                self._sample(
+                    noise[i : i + batch_size].to(device),
+                    words[i : i + batch_size],
+                    mask[i : i + batch_size],
+                    null,
+                    num_inference_steps,
+                    guidance_scale,
+                    generator,
+                )  # fmt: skip
+            )
+        return torch.cat(out).clamp(-1, 1).float().cpu()
+
+    def _sample(self, x, words, mask, null, steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
+        """The reverse process for one batch: x (B, C, R, R) pure noise -> x0."""
+        self.scheduler.set_timesteps(steps, device=x.device)
+        x = x * self.scheduler.init_noise_sigma
+        B = x.shape[0]
+        if null is not None:
+            # Unconditional and conditional halves in one UNet call; pad both to the same token length.
+            T = max(words.shape[1], null.words.shape[1])
+            cond_w, cond_m = _pad_tokens(words, mask, T)
+            null_w, null_m = _pad_tokens(null.words.expand(B, -1, -1), null.mask.expand(B, -1), T)
+            ctx, ctx_mask = torch.cat([null_w, cond_w]), torch.cat([null_m, cond_m])
+        else:
+            ctx, ctx_mask = words, mask
+        # Stochastic samplers (DDPM) draw their noise from the seeded generator too.
+        extra = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x_in = torch.cat([x, x]) if null is not None else x
+            x_in = self.scheduler.scale_model_input(x_in, t)
+            pred = self.unet(x_in, t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
+            if null is not None:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)  # classifier-free guidance
+            x = self.scheduler.step(pred, t, x, **extra).prev_sample
+        return x
+
+
+def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (B, t, D) word features and their (B, t) mask to T tokens."""
+    pad = T - words.shape[1]
+    if pad == 0:
+        return words, mask
+    return F.pad(words, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
+
+
+def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32):
+    """A fresh (untrained) pipeline: UNet from cfg and a DDIM sampler over the training noise schedule."""
+    sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
+    return T2IDiffusionPipeline(build_unet(cfg), sched, text_encoder_name, max_length)
+
+
+def config_dict(cfg: DiffusionConfig) -> dict:
+    return asdict(cfg)

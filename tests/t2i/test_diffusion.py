@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from t2i.models.diffusion import (
+    DiffusionConfig,
+    T2IDiffusionPipeline,
+    build_noise_scheduler,
+    build_pipeline,
+    diffusion_loss,
+    drop_captions,
+)
+
+
+def tiny_cfg(**kw):
+    return DiffusionConfig(resolution=8, block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4, **kw)
+
+
+@pytest.fixture
+def pipe(text_encoder):
+    torch.manual_seed(0)
+    p = build_pipeline(tiny_cfg())
+    p.set_text_encoder(text_encoder)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_sample_shape_range_and_seed(pipe):
+    a = pipe(["a red circle", "a blue star"], num_images_per_caption=2, seed=3, num_inference_steps=3)
+    assert a.shape == (4, 3, 8, 8) and a.min() >= -1 and a.max() <= 1
+    b = pipe(["a red circle", "a blue star"], num_images_per_caption=2, seed=3, num_inference_steps=3)
+    assert torch.equal(a, b)
+    c = pipe(["a red circle", "a blue star"], num_images_per_caption=2, seed=4, num_inference_steps=3)
+    assert not torch.equal(a, c)
+    # Batching does not change the images: the noise is drawn once for all captions from the seed.
+    d = pipe(["a red circle", "a blue star"], num_images_per_caption=2, seed=3, num_inference_steps=3, batch_size=1)
+    assert torch.allclose(a, d, atol=1e-5)
+
+
+def test_guidance_scale_one_equals_conditional(pipe, text_encoder):
+    """CFG with scale 1: uncond + 1 * (cond - uncond) == cond, so the guided path equals the conditional one."""
+    f = text_encoder.encode(["a small red circle in the top left corner"])
+    null = text_encoder.encode([""])
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    guided = pipe._sample(x.clone(), f.words, f.mask, null, steps=4, guidance_scale=1.0)
+    cond = pipe._sample(x.clone(), f.words, f.mask, None, steps=4, guidance_scale=1.0)
+    assert torch.allclose(guided, cond, atol=1e-5)
+    strong = pipe._sample(x.clone(), f.words, f.mask, null, steps=4, guidance_scale=5.0)
+    assert not torch.allclose(strong, cond, atol=1e-4)
+
+
+def test_save_load_round_trip_offline(pipe, tmp_path, text_encoder):
+    before = pipe(["a green heart"], seed=1, num_inference_steps=3)
+    pipe.save_pretrained(tmp_path / "diff")
+    assert (tmp_path / "diff" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = T2IDiffusionPipeline.from_pretrained(tmp_path / "diff", local_files_only=True)
+    loaded.set_text_encoder(text_encoder)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.resolution == 8
+    after = loaded(["a green heart"], seed=1, num_inference_steps=3)
+    assert torch.equal(before, after)
+
+
+def test_v_prediction_target_matches_hand_computation():
+    sched = build_noise_scheduler(tiny_cfg(prediction_type="v_prediction"))
+    x0, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t = torch.tensor([10, 500])
+    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    assert torch.allclose(sched.get_velocity(x0, eps, t), v, atol=1e-5)
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    assert torch.allclose(sched.add_noise(x0, eps, t), xt, atol=1e-5)
+
+
+def test_two_training_steps_reduce_loss_on_a_fixed_batch(text_encoder):
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    pipe = build_pipeline(cfg)
+    sched = build_noise_scheduler(cfg)
+    f = text_encoder.encode(["a red square", "a blue circle"])
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    opt = torch.optim.AdamW(pipe.unet.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss = diffusion_loss(pipe.unet, sched, x0, f.words, f.mask, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0], losses  # same noise + timesteps each step: the UNet must fit it
+
+
+def test_caption_dropout_and_config_errors():
+    caps = [f"caption {i}" for i in range(1000)]
+    dropped = drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
+    n = sum(c == "" for c in dropped)
+    assert 60 < n < 140 and all(c in ("", o) for c, o in zip(dropped, caps))
+    assert drop_captions(caps, 0.0) == caps
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionConfig(prediction_type="x0")
+    with pytest.raises(ValueError, match="sampler"):
+        build_pipeline(tiny_cfg()).use_sampler("euler-magic")
