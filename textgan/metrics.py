@@ -137,8 +137,9 @@ def generator_nll(gen, data: torch.Tensor, temperature: float = 1.0, batch_size:
     """Mean per-token NLL (nats) of held-out sequences (N, T) under the (tempered) generator."""
     tot = cnt = 0.0
     for x in data.split(batch_size):
-        logp = torch.log_softmax(gen(x) / temperature, -1).gather(2, x.unsqueeze(2)).squeeze(2)
         m = gen.token_mask(x)
+        safe = x if gen.config.pad_id is None else x.masked_fill(m == 0, gen.config.eos_id)  # <pad> logit is -inf
+        logp = torch.log_softmax(gen(x) / temperature, -1).gather(2, safe.unsqueeze(2)).squeeze(2)
         tot -= float((logp * m).sum())
         cnt += float(m.sum())
     return tot / cnt

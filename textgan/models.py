@@ -85,8 +85,10 @@ class Generator(nn.Module):
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x_t | x_<t) for each position (B, T); <pad> positions are 0."""
-        lp = F.log_softmax(self(x), -1).gather(2, x.unsqueeze(2)).squeeze(2)
-        return lp * self.token_mask(x)
+        m = self.token_mask(x)
+        safe = x if self.config.pad_id is None else x.masked_fill(m == 0, self.config.eos_id)  # <pad> logit is -inf
+        lp = F.log_softmax(self(x), -1).gather(2, safe.unsqueeze(2)).squeeze(2)
+        return lp * m
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """Mean per-token NLL over non-pad tokens (scalar); fused cross-entropy is ~25% faster than log_probs."""
