@@ -1,0 +1,388 @@
+"""VQGAN baseline: a VQ autoencoder (diffusers' VQModel) trained with L1 + perceptual + patch-GAN losses, and a
+text-conditioned transformer prior (transformers' GPT-2 with cross-attention to the word features) over its codes.
+
+Stage 1 (autoencoder), as in taming-transformers: reconstruction L1 + a perceptual term on a fixed feature network
+(offline: #4's evaluator features, or LPIPS when the user gives local weights) + hinge patch discriminator, weighted
+by the adaptive weight ||grad nll|| / ||grad g_loss|| at the decoder's last layer, switched on after `disc_start`.
+Dead codes (unused for `revive_after` steps) are re-seeded from encoder outputs of the current batch.
+Stage 2 (prior): next-code cross-entropy given the caption, with caption dropout for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin, VQModel
+from diffusers.configuration_utils import register_to_config
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 1: the autoencoder.
+
+
+@dataclass
+class VQGANConfig:
+    """Autoencoder and loss settings (CPU-sized defaults: 64x64 -> 16x16 codes)."""
+
+    resolution: int = 64
+    block_out_channels: tuple[int, ...] = (64, 128, 128)  # len - 1 downsamplings: 64 -> 16
+    layers_per_block: int = 1
+    latent_channels: int = 64
+    num_codes: int = 256
+    norm_num_groups: int = 32
+    mid_attention: bool = True  # self-attention in the bottleneck (taming has it; tiny test models skip it)
+    beta: float = 0.25  # commitment weight (VQ-VAE)
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_start: int = 2000  # steps of pure reconstruction before the GAN term switches on
+    disc_weight: float = 0.8
+    perceptual_weight: float = 1.0
+    revive_after: int = 200  # a code unused for this many steps is re-seeded from the batch
+
+    @property
+    def code_size(self) -> int:
+        return self.resolution // 2 ** (len(self.block_out_channels) - 1)
+
+
+def build_vqmodel(cfg: VQGANConfig) -> VQModel:
+    n = len(cfg.block_out_channels)
+    model = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        num_vq_embeddings=cfg.num_codes,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.resolution,
+        mid_block_add_attention=cfg.mid_attention,
+    )
+    # diffusers' "legacy" quantizer loss puts beta on the codebook term (a taming-transformers bug); use VQ-VAE's:
+    # ||sg(z) - e||^2 + beta * ||z - sg(e)||^2.
+    model.quantize.legacy = False
+    model.quantize.beta = cfg.beta
+    return model
+
+
+@dataclass
+class QuantizeOutput:
+    """Encoder output snapped to the codebook: quant (B, C, h, w), indices (B, h, w), VQ loss, perplexity."""
+
+    quant: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    perplexity: torch.Tensor
+    z: torch.Tensor  # pre-quantization latents (B, C, h, w), used to revive dead codes
+
+
+def vq_encode(model: VQModel, x: torch.Tensor) -> QuantizeOutput:
+    """Images (B, 3, H, W) in [-1, 1] -> quantized latents and code indices."""
+    z = model.encode(x).latents  # (B, C, h, w), after quant_conv
+    quant, loss, (_, _, idx) = model.quantize(z)
+    B, _, h, w = z.shape
+    idx = idx.view(B, h, w)
+    counts = torch.bincount(idx.flatten(), minlength=model.config.num_vq_embeddings).float()
+    p = counts / counts.sum()
+    perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())  # e^entropy: the effective number of codes in use
+    return QuantizeOutput(quant, idx, loss, perplexity, z)
+
+
+def vq_decode_indices(model: VQModel, indices: torch.Tensor) -> torch.Tensor:
+    """Code indices (B, h, w) -> images (B, 3, H, W)."""
+    B, h, w = indices.shape
+    quant = model.quantize.get_codebook_entry(indices.flatten(), (B, h, w, model.config.latent_channels))
+    return model.decode(quant, force_not_quantize=True).sample
+
+
+@torch.no_grad()
+def init_codebook(model: VQModel, x: torch.Tensor) -> None:
+    """Seed the codebook with encoder outputs of a batch (data-dependent init).
+
+    diffusers' default init is uniform(-1/K, 1/K): far smaller than the encoder's outputs, so every latent snaps to
+    nearly the same code, the decoder sees a constant and the autoencoder collapses. Seeding from data avoids that.
+    """
+    z = model.encode(x).latents
+    z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B*h*w, C)
+    K = model.quantize.embedding.weight.shape[0]
+    pick = torch.randperm(z.shape[0])[:K] if z.shape[0] >= K else torch.randint(0, z.shape[0], (K,))
+    model.quantize.embedding.weight.data.copy_(z[pick] + 1e-3 * torch.randn(K, z.shape[1], device=z.device))
+
+
+class CodeUsage:
+    """Tracks when each code was last used and re-seeds codes dead for `revive_after` steps."""
+
+    def __init__(self, num_codes: int, revive_after: int):
+        self.last_used = torch.zeros(num_codes, dtype=torch.long)
+        self.revive_after = revive_after
+
+    @torch.no_grad()
+    def update(self, model: VQModel, out: QuantizeOutput, step: int) -> dict:
+        used = torch.unique(out.indices.flatten()).cpu()
+        self.last_used[used] = step
+        dead = (step - self.last_used >= self.revive_after).nonzero().flatten()
+        if len(dead):
+            # Re-seed dead codes with random encoder outputs of this batch, so they land where the data is.
+            z = out.z.permute(0, 2, 3, 1).reshape(-1, out.z.shape[1])
+            pick = torch.randint(0, z.shape[0], (len(dead),))
+            model.quantize.embedding.weight.data[dead.to(z.device)] = z[pick].to(model.quantize.embedding.weight)
+            self.last_used[dead] = step
+        return {"codebook_usage": len(used) / len(self.last_used), "revived_codes": len(dead)}
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix / taming-transformers): a grid of real/fake logits over overlapping patches."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        seq = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        ch = channels
+        for i in range(1, layers):
+            nxt = channels * min(2**i, 8)
+            seq += [nn.Conv2d(ch, nxt, 4, 2, 1, bias=False), nn.BatchNorm2d(nxt), nn.LeakyReLU(0.2, True)]
+            ch = nxt
+        seq += [nn.Conv2d(ch, ch, 4, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, True)]
+        seq += [nn.Conv2d(ch, 1, 4, 1, 1)]
+        self.net = nn.Sequential(*seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, 1, h', w')
+
+
+def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, scale: float) -> torch.Tensor:
+    """taming-transformers' lambda = ||d nll / d w_last|| / (||d g_loss / d w_last|| + 1e-4), clamped, times scale."""
+    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    w = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
+    return torch.clamp(w, 0.0, 1e4).detach() * scale
+
+
+def autoencoder_losses(
+    model: VQModel,
+    disc: PatchDiscriminator,
+    x: torch.Tensor,
+    cfg: VQGANConfig,
+    step: int,
+    perceptual=None,
+) -> tuple[torch.Tensor, dict, torch.Tensor, QuantizeOutput]:
+    """Generator-side loss of stage 1 and its logs; also the reconstruction (for the D step) and the codes."""
+    q = vq_encode(model, x)
+    xrec = model.decode(q.quant, force_not_quantize=True).sample  # (B, 3, H, W)
+    rec = (x - xrec).abs().mean()
+    p_loss = perceptual(x, xrec) if perceptual is not None and cfg.perceptual_weight > 0 else torch.zeros(())
+    nll = rec + cfg.perceptual_weight * p_loss
+    loss = nll + q.loss
+    logs = {"rec_l1": rec.item(), "perceptual": float(p_loss.detach()), "vq": q.loss.item(),
+            "perplexity": q.perplexity.item()}  # fmt: skip
+    if step >= cfg.disc_start:
+        g_loss = -disc(xrec).mean()  # hinge generator loss
+        lam = adaptive_weight(nll, g_loss, model.decoder.conv_out.weight, cfg.disc_weight)
+        loss = loss + lam * g_loss
+        logs.update(g_loss=g_loss.item(), adaptive_weight=lam.item())
+    return loss, logs, xrec, q
+
+
+def discriminator_hinge_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
+    return 0.5 * (F.relu(1.0 - disc(real)).mean() + F.relu(1.0 + disc(fake.detach())).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 2: the text-conditioned prior over codes.
+
+
+class CodePrior(ModelMixin, ConfigMixin):
+    """GPT-2 over code indices (raster order) with cross-attention to projected word features."""
+
+    @register_to_config
+    def __init__(
+        self,
+        num_codes: int = 256,
+        seq_len: int = 256,
+        text_dim: int = 384,
+        n_embd: int = 256,
+        n_layer: int = 6,
+        n_head: int = 8,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        self.bos = num_codes  # one extra token starts every sequence
+        gcfg = GPT2Config(
+            vocab_size=num_codes + 1,
+            n_positions=seq_len + 1,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            add_cross_attention=True,
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
+            bos_token_id=num_codes,
+            eos_token_id=num_codes,
+            tie_word_embeddings=False,  # safetensors refuses shared tensors; the prior is small enough untied
+        )
+        self.gpt = GPT2LMHeadModel(gcfg)
+        self.text_proj = nn.Linear(text_dim, n_embd)
+
+    def forward(self, codes: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, past_key_values=None):
+        """codes (B, L) input tokens (BOS first); words (B, T, D_text); mask (B, T) -> GPT-2 output (logits)."""
+        return self.gpt(
+            input_ids=codes,
+            encoder_hidden_states=self.text_proj(words),
+            encoder_attention_mask=mask.long(),
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None or not self.training,
+        )
+
+    def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-code cross-entropy. indices (B, h, w) from the autoencoder."""
+        B = indices.shape[0]
+        target = indices.view(B, -1)  # (B, L)
+        inp = torch.cat([torch.full((B, 1), self.bos, device=target.device, dtype=target.dtype), target[:, :-1]], 1)
+        logits = self.forward(inp, words, mask).logits  # (B, L, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering of (B, V) logits (filtered entries -> -inf)."""
+    logits = logits / max(temperature, 1e-5)
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass of the tokens before it already reaches top_p (the first token always stays).
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.no_grad()
+def sample_codes(
+    prior: CodePrior,
+    words: torch.Tensor,
+    mask: torch.Tensor,
+    null=None,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Autoregressive sampling with a KV cache -> code indices (B, L). With `null` (the empty caption's features)
+    and guidance_scale != 1 the logits are guided: uncond + s * (cond - uncond)."""
+    B, L = words.shape[0], prior.config.seq_len
+    guided = null is not None  # both branches run; scale 1 then reproduces the conditional logits exactly
+    if guided:
+        T = max(words.shape[1], null.words.shape[1])
+        pad = lambda w, m: (F.pad(w, (0, 0, 0, T - w.shape[1])), F.pad(m, (0, T - m.shape[1]), value=False))  # noqa: E731
+        cw, cm = pad(words, mask)
+        nw, nm = pad(null.words.expand(B, -1, -1), null.mask.expand(B, -1))
+        words, mask = torch.cat([cw, nw]), torch.cat([cm, nm])
+    tok = torch.full((words.shape[0], 1), prior.bos, dtype=torch.long, device=words.device)
+    past, out = None, []
+    ctx = prior.text_proj(words)
+    for _ in range(L):
+        o = prior.gpt(input_ids=tok, encoder_hidden_states=ctx, encoder_attention_mask=mask.long(),
+                      past_key_values=past, use_cache=True)  # fmt: skip
+        past = o.past_key_values
+        logits = o.logits[:, -1].float()  # (B or 2B, V)
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + guidance_scale * (cond - uncond)
+        logits = filter_logits(logits[:, : prior.bos], temperature, top_k, top_p)  # BOS is never sampled
+        nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).to(words.device)  # (B, 1)
+        out.append(nxt)
+        tok = torch.cat([nxt, nxt]) if guided else nxt
+    return torch.cat(out, 1)  # (B, L)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference pipeline.
+
+
+class VQGANPipeline:
+    """Caption -> codes (prior) -> images (decoder); call-only, like every family's pipeline."""
+
+    family = "vqgan"
+
+    def __init__(self, vqmodel: VQModel, prior: CodePrior, text_encoder_name: str | None = None, max_length: int = 32):
+        self.vqmodel = vqmodel.eval()
+        self.prior = prior.eval()
+        self.text_encoder_name = text_encoder_name
+        self.max_length = max_length
+        self._text_encoder = None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.vqmodel.config.sample_size)
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from t2i.text import TextEncoder, default_cache_dir
+
+            self._text_encoder = TextEncoder(self.text_encoder_name, self.max_length, cache_dir=default_cache_dir())
+        return self._text_encoder
+
+    def set_text_encoder(self, encoder) -> None:
+        self._text_encoder = encoder
+
+    def to(self, device) -> VQGANPipeline:
+        self.vqmodel.to(device)
+        self.prior.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        captions: list[str] | str,
+        num_images_per_caption: int = 1,
+        seed: int = 0,
+        batch_size: int = 64,
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> torch.Tensor:
+        """(len(captions) * k, 3, R, R) in [-1, 1], caption-major; the same seed gives the same images."""
+        if isinstance(captions, str):
+            captions = [captions]
+        device = next(self.prior.parameters()).device
+        f = self.text_encoder.encode(list(captions)).to(device)
+        words = f.words.repeat_interleave(num_images_per_caption, 0)
+        mask = f.mask.repeat_interleave(num_images_per_caption, 0)
+        null = self.text_encoder.encode([""]).to(device) if guidance_scale != 1.0 else None
+        g = torch.Generator("cpu").manual_seed(seed)
+        side = int(round(self.prior.config.seq_len**0.5))
+        out = []
+        for i in range(0, words.shape[0], batch_size):
+            codes = sample_codes(self.prior, words[i : i + batch_size], mask[i : i + batch_size], null,
+                                 guidance_scale, temperature, top_k, top_p, g)  # fmt: skip
+            out.append(vq_decode_indices(self.vqmodel, codes.view(-1, side, side)))
+        return torch.cat(out).clamp(-1, 1).float().cpu()
+
+    def save_pretrained(self, path) -> None:
+        path = Path(path)
+        self.vqmodel.save_pretrained(path / "vqmodel")
+        self.prior.save_pretrained(path / "prior")
+        meta = {"family": "vqgan", "text_encoder_name": self.text_encoder_name, "max_length": self.max_length}
+        (path / "pipeline.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path) -> VQGANPipeline:
+        path = Path(path)
+        meta = json.loads((path / "pipeline.json").read_text())
+        vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True)
+        vq.quantize.legacy = False
+        prior = CodePrior.from_pretrained(path / "prior", local_files_only=True)
+        return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32))
