@@ -65,11 +65,16 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from textgan.seqgan import load_config, train
+    from textgan.seqgan import load_config, parse_overrides, train
 
-    cfg = load_config(args.config, args.overrides)
     command = "textgan " + " ".join(shlex.quote(a) for a in args.argv)
-    run = train(cfg, args.runs_dir, resume=args.resume, command=command)
+    if args.resume:
+        # the run's saved config wins; overrides given with --resume are applied on top and recorded
+        cfg = load_config(args.config)
+        run = train(cfg, args.runs_dir, resume=args.resume, command=command,
+                    resume_overrides=parse_overrides(args.overrides))  # fmt: skip
+    else:
+        run = train(load_config(args.config, args.overrides), args.runs_dir, command=command)
     print(run)
     return 0
 

@@ -79,6 +79,7 @@ class TrainConfig:
     rollout_update_rate: float = 0.8  # rollout <- rate * rollout + (1 - rate) * generator after each g-step
     reward_baseline: str = "none"  # none | mean (per position, over the batch)
     # evaluation during training
+    init_from: str = ""  # start the generator (and tokenizer) from this checkpoint, e.g. the MLE baseline's model
     eval_every: int = 5  # MLE epochs / adversarial steps
     eval_samples: int = 2000
     save_every: int = 10
@@ -150,11 +151,7 @@ def load_config(spec: str, overrides: list[str] | None = None) -> TrainConfig:
         if base is not None and base not in RECIPES:
             raise ValueError(f"{spec}: unknown base recipe {base!r}")
         cfg = RECIPES[base] if base else TrainConfig()
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        k, v = item.split("=", 1)
-        raw[k] = yaml.safe_load(v)
+    raw.update(parse_overrides(overrides))
     names = {f.name for f in fields(TrainConfig)}
     bad = set(raw) - names
     if bad:
@@ -163,6 +160,20 @@ def load_config(spec: str, overrides: list[str] | None = None) -> TrainConfig:
     if cfg.task not in ("oracle", "text") or cfg.mode not in ("seqgan", "mle"):
         raise ValueError(f"task must be oracle|text and mode seqgan|mle, got {cfg.task}/{cfg.mode}")
     return cfg
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """["key=value", ...] -> dict, values parsed as YAML scalars/lists; unknown keys are an error."""
+    raw = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        raw[k] = yaml.safe_load(v)
+    bad = set(raw) - {f.name for f in fields(TrainConfig)}
+    if bad:
+        raise ValueError(f"unknown config keys: {sorted(bad)}")
+    return raw
 
 
 # --- batched Monte-Carlo rollouts -----------------------------------------------------------------------------
@@ -386,17 +397,28 @@ def plot_curves(run: Path) -> None:
 PHASES = ["mle", "dpre", "adv", "done"]
 
 
-def train(cfg: TrainConfig, runs_root: str | Path = "runs", resume: str | None = None, command: str = "") -> Path:
+def train(
+    cfg: TrainConfig,
+    runs_root: str | Path = "runs",
+    resume: str | None = None,
+    command: str = "",
+    resume_overrides: dict | None = None,
+) -> Path:
     """Run (or resume) one recipe; returns the run folder.  Phases: mle -> dpre -> adv (SeqGAN) or mle only."""
     torch.set_num_threads(cfg.threads)
     runs_root = Path(runs_root)
 
     # Set up the run folder.
     if resume:
+        # Resume: the run's own config, plus any overrides given now (e.g. a shorter schedule), recorded in the run.
         run = find_resume_dir(runs_root, cfg.name, resume)
         saved = yaml.safe_load((run / "config.yaml").read_text())
-        cfg = replace(TrainConfig(), **saved)
+        cfg = replace(TrainConfig(), **{**saved, **(resume_overrides or {})})
         torch.set_num_threads(cfg.threads)
+        if resume_overrides:
+            (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        with open(run / "command.txt", "a") as f:
+            f.write(command + "\n")
     else:
         run = new_run_dir(runs_root, cfg.name)
         (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -407,9 +429,19 @@ def train(cfg: TrainConfig, runs_root: str | Path = "runs", resume: str | None =
 
     # Load data and build the models.
     ckdir = existing_dir(run / "checkpoint")
-    data = TaskData(cfg, tokenizer=load_tokenizer(ckdir) if (resume and ckdir and cfg.task == "text") else None)
+    init = None
+    if cfg.init_from and not (resume and ckdir):
+        init = load_generator(cfg.init_from, expect_task=cfg.task)  # (generator, config, tokenizer)
+    tokenizer = load_tokenizer(ckdir) if (resume and ckdir and cfg.task == "text") else (init[2] if init else None)
+    data = TaskData(cfg, tokenizer=tokenizer)
     gcfg = generator_config(cfg, data.vocab_size)
     gen = Generator(gcfg)
+    if init is not None:
+        if init[1]["generator"] != asdict(gcfg):
+            raise ValueError(
+                f"init_from {cfg.init_from}: generator {init[1]['generator']} != this recipe's {asdict(gcfg)}"
+            )
+        gen.load_state_dict(init[0].state_dict())
     dis = Discriminator(
         DiscriminatorConfig(
             data.vocab_size, cfg.dis_emb_dim, cfg.dis_filter_sizes, cfg.dis_num_filters, cfg.dis_dropout, cfg.dis_l2

@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from textgan import seqgan
+from textgan.cli import main
+
+TINY = [
+    "n_train=64", "n_valid=32", "n_test=32", "mle_epochs=2", "d_pretrain_rounds=1", "d_pretrain_epochs=1",
+    "adv_steps=2", "d_steps=1", "d_epochs=1", "n_neg=32", "rollout_num=2", "eval_samples=32", "eval_every=1",
+    "tensorboard=false", "batch_size=16", "save_every=1",
+]  # fmt: skip
+
+
+def _text(corpus):
+    return [f"train_file={corpus / 'train.txt'}", f"test_file={corpus / 'test.txt'}", "n_train=0", "n_test=0"]
+
+
+def _run(tmp_path, recipe, extra=()):
+    assert main(["train", recipe, *TINY, *extra, "--runs-dir", str(tmp_path / "runs")]) == 0
+    runs = sorted((tmp_path / "runs").glob(f"{recipe}-*"))
+    return runs[-1]
+
+
+@pytest.mark.parametrize("recipe", ["oracle_seqgan", "oracle_seqgan_paper", "oracle_mle"])
+def test_oracle_recipe_smoke(tmp_path, recipe, oracle_npz, capsys):
+    run = _run(tmp_path, recipe)
+    assert (run / "config.yaml").exists() and (run / "model" / "generator.safetensors").exists()
+    assert (run / "checkpoint" / "state.safetensors").exists() and (run / "training-curves.png").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["phase"] == ("mle" if recipe == "oracle_mle" else "adv") and "nll_oracle" in rows[-1]
+    timing = json.loads((run / "timing_summary.json").read_text())
+    assert "mle_epoch" in timing and (recipe == "oracle_mle" or "g_step" in timing)
+    # eval: flat JSON with the oracle metrics
+    out = tmp_path / "e.json"
+    assert main(["eval", str(run), "-n", "64", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {"nll_oracle", "nll_test"} <= set(res) and all(not isinstance(v, dict) for v in res.values())
+    # wrong task: a clear message, exit code 2
+    capsys.readouterr()
+    assert main(["eval", str(run), "--task", "text"]) == 2
+    assert "is for task 'oracle'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["coco_mle", "coco_seqgan"])
+def test_text_recipe_smoke_sample_eval(tmp_path, recipe, corpus, capsys):
+    run = _run(tmp_path, recipe, _text(corpus))
+    assert (run / "model" / "vocab.json").exists()
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "5", "--seed", "1", "--temperature", "0.8"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert len(lines) == 5
+    assert main(["eval", str(run), "-n", "50"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in ("bleu2", "bleu5", "self_bleu2", "self_bleu5", "nll_test"):
+        assert 0 <= res[k] < 100
+
+
+def test_sentencepiece_and_init_from(tmp_path, corpus):
+    mle = _run(tmp_path, "coco_mle", [*_text(corpus), "tokenizer=sentencepiece", "vocab_size=40"])
+    assert (mle / "model" / "tokenizer.model").exists()
+    gan = _run(tmp_path, "coco_seqgan", [*_text(corpus), "tokenizer=sentencepiece", "vocab_size=40",
+                                         f"init_from={mle / 'model'}", "mle_epochs=0"])  # fmt: skip
+    assert (gan / "model" / "tokenizer.model").read_bytes() == (mle / "model" / "tokenizer.model").read_bytes()
+
+
+def test_resume_after_kill(tmp_path, corpus, monkeypatch):
+    real = seqgan.Logger.timing
+
+    def dies_in_epoch_2(self, phase, step, *a, **k):
+        if phase == "mle_epoch" and step == 2:
+            raise KeyboardInterrupt  # killed after the epoch-1 checkpoint
+        return real(self, phase, step, *a, **k)
+
+    monkeypatch.setattr(seqgan.Logger, "timing", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "coco_mle", *TINY, *_text(corpus), "--runs-dir", str(tmp_path / "runs")])
+    monkeypatch.setattr(seqgan.Logger, "timing", real)
+    run = tmp_path / "runs" / "coco_mle-001"
+    assert not (run / "model").exists()
+    assert main(["train", "coco_mle", "mle_epochs=3", "--resume", "latest", "--runs-dir", str(tmp_path / "runs")]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3] and (run / "model" / "config.json").exists()
+    assert len((run / "command.txt").read_text().splitlines()) == 2
+
+
+def test_bad_input_messages(tmp_path, corpus, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bin.txt").write_bytes(b"ok\n\xc3\x28\n")
+    (tmp_path / "long.txt").write_text("w " * 100 + "\n")
+    for f, msg in (("empty.txt", "empty corpus"), ("bin.txt", "not valid UTF-8"), ("long.txt", "over the limit")):
+        rc = main(["train", "coco_mle", *TINY, f"train_file={tmp_path / f}", "--runs-dir", str(tmp_path / "r")])
+        assert rc == 2 and msg in capsys.readouterr().err
+    assert main(["train", "coco_mle", "no_such_key=1"]) == 2
+    assert "unknown config keys" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a textgan checkpoint" in capsys.readouterr().err
+
+
+def test_help_and_recipes():
+    out = subprocess.run([sys.executable, "-m", "textgan.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "examples:" in out.stdout and "textgan sweep" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "textgan.cli", "recipes"], capture_output=True, text=True, check=True)
+    assert all(r in out.stdout for r in ("oracle_seqgan", "oracle_mle", "coco_seqgan", "coco_mle"))
+
+
+def test_sweep_plot(tmp_path, corpus):
+    run = _run(tmp_path, "coco_mle", _text(corpus))
+    out = tmp_path / "sweep.png"
+    assert main(["sweep", str(run), str(run), "--labels", "a", "b", "--temperatures", "0.8", "1.2", "-n", "40",
+                 "--out", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert out.exists() and len(data["curves"]["a"]) == 2 and "bleu5" in data["curves"]["a"][0]
+
+
+def test_textgan_does_not_import_t2i():
+    code = "import sys, textgan.cli, textgan.seqgan; assert not [m for m in sys.modules if 't2i' in m]"
+    subprocess.run([sys.executable, "-c", code], check=True)
