@@ -118,3 +118,13 @@ def test_sweep_plot(tmp_path, corpus):
 def test_textgan_does_not_import_t2i():
     code = "import sys, textgan.cli, textgan.seqgan; assert not [m for m in sys.modules if 't2i' in m]"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bundled_yaml_configs_load():
+    from pathlib import Path
+
+    cfgs = sorted((Path(__file__).parents[2] / "configs" / "textgan").glob("*.yaml"))
+    assert len(cfgs) >= 5
+    for p in cfgs:
+        cfg = seqgan.load_config(str(p))
+        assert cfg.name in seqgan.RECIPES and cfg.task in ("oracle", "text")
