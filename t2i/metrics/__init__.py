@@ -19,5 +19,27 @@ from t2i.metrics.core import (
     evaluate,
     metric_names,
 )
+from t2i.metrics.networks import DEFAULT_EVALUATOR
 
-__all__ = ["METRICS", "EvalContext", "MetricError", "append_jsonl", "evaluate", "metric_names"]
+
+def evaluator_available(path=None) -> bool:
+    """Whether evaluation networks exist at `path` (default: the bundled Shapes 64x64 evaluator).
+
+    Training loops call this before `evaluate()` and skip with a warning when it is False.
+    """
+    from pathlib import Path
+
+    p = Path(path) if path is not None else DEFAULT_EVALUATOR
+    return all((p / f).is_file() for f in ("config.json", "recognizer.safetensors", "matcher.safetensors"))
+
+
+__all__ = [
+    "DEFAULT_EVALUATOR",
+    "METRICS",
+    "EvalContext",
+    "MetricError",
+    "append_jsonl",
+    "evaluate",
+    "evaluator_available",
+    "metric_names",
+]

@@ -103,9 +103,13 @@ class AttributeRecognizer(nn.Module):
         self.cfg = cfg
         self.backbone = ConvBackbone(cfg)
         self.head = nn.Linear(cfg.feature_dim, NUM_CELLS * CELL_LOGITS)
+        # Per-dimension mean/std of the features on real train images (set by `calibrate_features`): FID/KID and
+        # diversity see standardised features, so every dimension weighs alike and KID's kernel is well scaled.
+        self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
+        self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)  # (B, D)
+        return (self.backbone(x) - self.feature_mean) / self.feature_std  # (B, D), standardised
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)).view(-1, NUM_CELLS, CELL_LOGITS)  # (B, 9, 17)
@@ -114,6 +118,14 @@ class AttributeRecognizer(nn.Module):
     def predict(self, x: torch.Tensor) -> CellPrediction:
         logits = self(x)
         return decode_cells(logits)
+
+
+@torch.no_grad()
+def calibrate_features(net: AttributeRecognizer, images: torch.Tensor, batch_size: int = 256) -> None:
+    """Set the feature standardisation from real images (B, 3, R, R) in [-1, 1]."""
+    f = torch.cat([net.backbone(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    net.feature_mean.copy_(f.mean(0))
+    net.feature_std.copy_(f.std(0).clamp(min=1e-3))
 
 
 def decode_cells(logits: torch.Tensor) -> CellPrediction:
@@ -205,7 +217,10 @@ def save_evaluator(ev: Evaluator, path: str | Path, half: bool = True) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     for name, net in (("recognizer", ev.recognizer), ("matcher", ev.matcher)):
-        sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+        sd = {
+            k: (v.half() if half and v.is_floating_point() and not k.startswith("feature_") else v).contiguous()
+            for k, v in net.state_dict().items()
+        }
         tmp = out / f"{name}.safetensors.tmp"
         save_file(sd, str(tmp))
         os.replace(tmp, out / f"{name}.safetensors")
@@ -232,7 +247,11 @@ def load_evaluator(path: str | Path | None = None, device=None) -> Evaluator:
         if not f.is_file():
             raise FileNotFoundError(f"evaluator {p} lacks {f.name}")
         sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
-        net.load_state_dict(sd)
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        # Older files have no feature standardisation: identity (mean 0, std 1) is the right default.
+        bad = [k for k in missing if k not in ("feature_mean", "feature_std")] + list(unexpected)
+        if bad:
+            raise ValueError(f"evaluator {f} does not match its config.json: keys {bad[:5]}")
         net.eval().requires_grad_(False)
     ev = Evaluator(cfg, rec, mat, p)
     return ev.to(device) if device is not None else ev

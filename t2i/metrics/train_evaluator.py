@@ -30,6 +30,7 @@ from t2i.metrics.networks import (
     Evaluator,
     EvaluatorConfig,
     ImageTextMatcher,
+    calibrate_features,
     cell_loss,
     cell_targets,
     decode_cells,
@@ -47,6 +48,7 @@ DEFAULTS = {
     "matcher": {"num_images": 10000, "epochs": 12, "batch_size": 128, "lr": 1e-3},
     "augment": {"shift": 3, "noise": 0.08, "blur_prob": 0.3},
     "val_images": 1000,
+    "calibration_images": 4000,
 }
 
 
@@ -120,6 +122,9 @@ def train_recognizer(net: AttributeRecognizer, rc: dict, recipe: dict, val, log)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         # Measure on held-out real images.
         m = validate_recognizer(net, val)
+        if epoch == rc["epochs"] - 1:
+            net.eval()
+            calibrate_features(net, to_float(imgs[: recipe["calibration_images"]]))
         log({"net": "recognizer", "epoch": epoch + 1, "step": step, "loss": loss.item(), "time_s": time.time() - t0,
              **m})  # fmt: skip
     bar.close()
@@ -205,8 +210,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="recipe YAML, e.g. configs/t2i/shapes_evaluator.yaml")
     ap.add_argument("--out", default=None, help="evaluator folder (default: the recipe's `out`)")
-    ap.add_argument("--only", choices=["recognizer", "matcher"], default=None,
-                    help="train one network; the other is taken from --out (which must exist)")  # fmt: skip
+    ap.add_argument("--only", choices=["recognizer", "matcher", "calibrate"], default=None,
+                    help="train one network (the other is taken from --out), or only recompute the recognizer's "
+                    "feature standardisation")  # fmt: skip
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -239,6 +245,11 @@ def main(argv=None) -> int:
         ev.config.metrics["recognizer"] = train_recognizer(ev.recognizer, recipe["recognizer"], recipe, val, log)
         ev.recognizer.eval().requires_grad_(False)
         save_evaluator(ev, out)  # save after each network, so a later failure keeps the first
+    if args.only == "calibrate":
+        shapes_cfg = ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"])
+        imgs, _, _ = render_pool(shapes_cfg, "train", recipe["calibration_images"])
+        calibrate_features(ev.recognizer, to_float(imgs))
+        save_evaluator(ev, out)
     if args.only in (None, "matcher"):
         ev.config.metrics["matcher"] = train_matcher(ev.matcher, recipe["matcher"], recipe, val, log)
         ev.matcher.eval().requires_grad_(False)
