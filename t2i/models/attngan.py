@@ -1,0 +1,224 @@
+"""AttnGAN (Xu et al., 2018) on transformer word features, and its DAMSM.
+
+Generator: CA(sentence) + noise -> first stage image; every following stage doubles the resolution after attending,
+at each pixel, over the caption's word features (padding masked), joining the word context to the hidden features
+and refining them through residual blocks. One matching-aware discriminator per stage (conditional +
+unconditional logits). DAMSM: an image encoder (from scratch: local region features + a global code) and a text
+side projecting the frozen transformer's word and sentence features into the same space, pretrained with the
+word- and sentence-level matching losses and then frozen as the generator's DAMSM loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from t2i.losses import damsm_sentence_loss, damsm_word_loss
+from t2i.models.stackgan import GenOutput, build_discriminators
+from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, image_head
+
+
+@dataclass
+class AttnGANConfig:
+    """Generator/discriminator sizes (defaults: CPU-sized, 32 -> 64 on 64x64 Shapes)."""
+
+    stages: list = field(default_factory=lambda: [32, 64])  # resolution of each stage; each doubles the previous
+    text_dim: int = 384  # word/sentence feature size of the text encoder
+    z_dim: int = 100
+    cond_dim: int = 100  # CA output size (paper: 100)
+    ngf: int = 32  # hidden width of the refinement stages (paper: 32); stage 0 starts at 4x4 x 16ngf
+    ndf: int = 32
+    res_blocks: int = 2  # per refinement stage (paper: 2)
+    cond_affine: bool = False  # also condition every BN on c (DF-GAN-like); the paper only concatenates
+    uncond_logits: bool = True
+    damsm_checkpoint: str | None = None  # a pretrained DAMSM folder; needed when lambda_damsm > 0
+
+    def __post_init__(self):
+        self.stages = [int(s) for s in self.stages]
+        if not self.stages or self.stages[0] < 8 or self.stages[0] & (self.stages[0] - 1):
+            raise ValueError(f"stages must start with a power of two >= 8, got {self.stages}")
+        for a, b in zip(self.stages, self.stages[1:]):
+            if b != 2 * a:
+                raise ValueError(f"each stage must double the previous resolution, got {self.stages}")
+
+    @property
+    def resolution(self) -> int:
+        return self.stages[-1]
+
+
+class WordAttention(nn.Module):
+    """Pixel-to-word attention: h (B, C, H, W), words (B, T, D), mask (B, T) -> context like h, attn (B, T, H, W).
+
+    Words are projected to C channels; each pixel's query scores every real word (padding gets -inf), softmax over
+    words, and the context is the attention-weighted sum of projected words.
+    """
+
+    def __init__(self, channels: int, text_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(text_dim, channels, bias=False)
+
+    def forward(self, h: torch.Tensor, words: torch.Tensor, mask: torch.Tensor):
+        B, C, H, W = h.shape
+        keys = self.proj(words)  # (B, T, C)
+        scores = torch.einsum("bcn,btc->bnt", h.flatten(2), keys)  # (B, HW, T)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        attn = scores.softmax(dim=-1)  # (B, HW, T)
+        context = torch.einsum("bnt,btc->bcn", attn, keys).view(B, C, H, W)
+        return context, attn.transpose(1, 2).reshape(B, -1, H, W)
+
+
+class InitStage(nn.Module):
+    """noise + c -> 4x4 x 16ngf -> up-blocks -> (B, ngf, R0, R0) hidden features."""
+
+    def __init__(self, cfg: AttnGANConfig):
+        super().__init__()
+        c0 = cfg.ngf * 16
+        self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.cond_dim, c0 * 16 * 2, bias=False),
+                                nn.BatchNorm1d(c0 * 16 * 2), nn.GLU(dim=1))  # fmt: skip
+        n_up = cfg.stages[0].bit_length() - 1 - 2
+        chans = [c0 // 2 ** min(i, 4) for i in range(n_up)] + [cfg.ngf]
+        cond = cfg.cond_dim if cfg.cond_affine else 0
+        self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1], cond) for i in range(n_up))
+        self.c0 = c0
+
+    def forward(self, z, c):
+        h = self.fc(torch.cat([z, c], dim=1)).view(z.shape[0], self.c0, 4, 4)
+        for up in self.ups:
+            h = up(h, c)
+        return h  # (B, ngf, R0, R0)
+
+
+class RefineStage(nn.Module):
+    """[h, word context] -> residual blocks -> x2 up-block: the next stage's hidden features."""
+
+    def __init__(self, cfg: AttnGANConfig):
+        super().__init__()
+        g = cfg.ngf
+        cond = cfg.cond_dim if cfg.cond_affine else 0
+        self.attn = WordAttention(g, cfg.text_dim)
+        self.res = nn.ModuleList(ResBlock(g * 2, cond) for _ in range(cfg.res_blocks))
+        self.up = UpBlock(g * 2, g, cond)
+
+    def forward(self, h, c, words, mask):
+        context, attn = self.attn(h, words, mask)
+        h = torch.cat([h, context], dim=1)  # (B, 2ngf, H, W)
+        for block in self.res:
+            h = block(h, c)
+        return self.up(h, c), attn
+
+
+class AttnGANGenerator(nn.Module):
+    """Multi-stage generator; stage i > 0 attends over the words at stage i-1's resolution."""
+
+    def __init__(self, cfg: AttnGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim)
+        self.init = InitStage(cfg)
+        self.refine = nn.ModuleList(RefineStage(cfg) for _ in cfg.stages[1:])
+        self.heads = nn.ModuleList(image_head(cfg.ngf) for _ in cfg.stages)
+
+    def forward(self, z, sentence, words, mask, generator=None) -> GenOutput:
+        """z (B, z_dim), sentence (B, D), words (B, T, D), mask (B, T) -> GenOutput (images per stage, attention)."""
+        c, mu, logvar = self.ca(sentence, generator)
+        h = self.init(z, c)
+        images, maps = [self.heads[0](h)], []
+        for stage, head in zip(self.refine, self.heads[1:]):
+            h, attn = stage(h, c, words, mask)
+            images.append(head(h))
+            maps.append(attn)
+        return GenOutput(images, [mu], [logvar], maps)
+
+    def trainable_parameters(self):
+        return list(self.parameters())
+
+
+def build_attngan(cfg: AttnGANConfig):
+    """-> (generator, one discriminator per stage)."""
+    return AttnGANGenerator(cfg), build_discriminators(cfg.stages, cfg.text_dim, cfg.ndf, cfg.uncond_logits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DAMSM.
+
+
+@dataclass
+class DAMSMConfig:
+    """DAMSM encoders and loss constants (gamma1, gamma2, gamma3 from the AttnGAN paper)."""
+
+    resolution: int = 64  # images are resized to this before encoding
+    text_dim: int = 384
+    embed_dim: int = 256  # common space of regions/words and image code/sentence (paper: 256)
+    channels: int = 32  # image encoder width
+    region_size: int = 8  # regions form a region_size x region_size grid (paper: 17x17 from Inception mixed_6e)
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+
+    def __post_init__(self):
+        if self.resolution % self.region_size or (self.resolution // self.region_size) & (
+            self.resolution // self.region_size - 1
+        ):
+            raise ValueError("resolution / region_size must be a power of two")
+
+
+class DAMSMImageEncoder(nn.Module):
+    """Image (B, 3, R, R) -> regions (B, E, r, r) and a global code (B, E); a small CNN trained from scratch."""
+
+    def __init__(self, cfg: DAMSMConfig):
+        super().__init__()
+        n_down = (cfg.resolution // cfg.region_size).bit_length() - 1
+        layers, ch = [nn.Conv2d(3, cfg.channels, 3, 1, 1), nn.LeakyReLU(0.2, True)], cfg.channels
+        for i in range(n_down):
+            out = cfg.channels * 2 ** min(i + 1, 3)
+            layers += [nn.Conv2d(ch, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.regions = nn.Conv2d(ch, cfg.embed_dim, 1)
+        self.code = nn.Sequential(nn.Conv2d(ch, ch, 3, 2, 1), nn.LeakyReLU(0.2, True), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(ch, cfg.embed_dim))  # fmt: skip
+        self.resolution = cfg.resolution
+
+    def forward(self, images):
+        if images.shape[-1] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution,) * 2, mode="bilinear", align_corners=False)
+        f = self.features(images)
+        return self.regions(f), self.code(f)
+
+
+class DAMSMTextEncoder(nn.Module):
+    """Frozen transformer features -> words (B, T, E) and sentence (B, E) in DAMSM's space (a trained head)."""
+
+    def __init__(self, cfg: DAMSMConfig):
+        super().__init__()
+        self.words = nn.Sequential(nn.Linear(cfg.text_dim, cfg.embed_dim), nn.GELU(),
+                                   nn.Linear(cfg.embed_dim, cfg.embed_dim))  # fmt: skip
+        self.sentence = nn.Sequential(nn.Linear(cfg.text_dim, cfg.embed_dim), nn.GELU(),
+                                      nn.Linear(cfg.embed_dim, cfg.embed_dim))  # fmt: skip
+
+    def forward(self, words, sentence):
+        return self.words(words), self.sentence(sentence)
+
+
+class DAMSM(nn.Module):
+    """Both encoders and the matching losses: `losses(images, words, mask, sentence)` -> (L_w, L_s)."""
+
+    def __init__(self, cfg: DAMSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.image_encoder = DAMSMImageEncoder(cfg)
+        self.text_encoder = DAMSMTextEncoder(cfg)
+
+    def losses(self, images, words, mask, sentence, same: torch.Tensor | None = None):
+        regions, code = self.image_encoder(images)  # (B, E, r, r), (B, E)
+        w, s = self.text_encoder(words, sentence)
+        c = self.cfg
+        lw = damsm_word_loss(w, mask, regions.flatten(2), c.gamma1, c.gamma2, c.gamma3, same)
+        ls = damsm_sentence_loss(code, s, c.gamma3, same)
+        return lw, ls
+
+    def forward(self, images, words, mask, sentence, same=None):
+        return self.losses(images, words, mask, sentence, same)

@@ -1,0 +1,119 @@
+"""Layers shared by StackGAN and AttnGAN: conditioning augmentation, sentence-conditioned up-blocks, down-blocks,
+residual blocks and the per-stage image head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConditioningAugmentation(nn.Module):
+    """StackGAN's CA: sentence (B, D) -> mu, logvar (B, C); c = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+
+    def __init__(self, text_dim: int, cond_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(text_dim, cond_dim * 4)  # GLU halves it: 2 * cond_dim = (mu, logvar)
+        self.cond_dim = cond_dim
+
+    def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None):
+        h = F.glu(self.fc(sentence), dim=1)  # (B, 2C)
+        mu, logvar = h[:, : self.cond_dim], h[:, self.cond_dim :]
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
+
+
+class CondBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift are predicted from a condition vector (DF-GAN's affine, simplified).
+
+    With cond_dim = 0 it is a plain BatchNorm: the papers' generators condition only through the input noise.
+    """
+
+    def __init__(self, channels: int, cond_dim: int = 0):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=cond_dim == 0)
+        self.affine = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
+        if self.affine is not None:  # start as the identity affine (gamma 1, beta 0)
+            nn.init.zeros_(self.affine.weight)
+            nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.bn(x)
+        if self.affine is None:
+            return x
+        gamma, beta = self.affine(cond).chunk(2, dim=1)  # (B, C) each
+        return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+
+class UpBlock(nn.Module):
+    """x2 nearest upsample -> conv3x3 -> (conditional) BN -> GLU, as in StackGAN/AttnGAN's upBlock."""
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch * 2, 3, 1, 1, bias=False)
+        self.norm = CondBatchNorm(out_ch * 2, cond_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.glu(self.norm(self.conv(x), cond), dim=1)
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> BN -> GLU -> conv3x3 -> BN, plus the input (stage-II / refinement residual blocks)."""
+
+    def __init__(self, ch: int, cond_dim: int = 0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch * 2, 3, 1, 1, bias=False)
+        self.norm1 = CondBatchNorm(ch * 2, cond_dim)
+        self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1, bias=False)
+        self.norm2 = CondBatchNorm(ch, cond_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.glu(self.norm1(self.conv1(x), cond), dim=1)
+        return x + self.norm2(self.conv2(h), cond)
+
+
+def down_block(in_ch: int, out_ch: int, norm: bool = True) -> nn.Sequential:
+    """conv4x4 stride 2 -> (BN) -> LeakyReLU(0.2): halves the resolution (the discriminators' building block)."""
+    layers = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+def image_head(ch: int) -> nn.Sequential:
+    """Feature map (B, ch, H, W) -> image (B, 3, H, W) in [-1, 1]."""
+    return nn.Sequential(nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh())
+
+
+class StageDiscriminator(nn.Module):
+    """One resolution's discriminator: image -> 4x4 code; conditional logit from [code, sentence] and an optional
+    unconditional logit (StackGAN++/AttnGAN's joint conditional + unconditional terms).
+
+    The sentence enters through a linear projection so the matching-aware gradient penalty can differentiate
+    with respect to it.
+    """
+
+    def __init__(self, resolution: int, text_dim: int, ndf: int = 32, cond_proj: int = 64, uncond: bool = True):
+        super().__init__()
+        n_down = resolution.bit_length() - 1 - 2  # log2(R) - 2 halvings: R -> 4
+        if 2 ** (n_down + 2) != resolution or n_down < 1:
+            raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
+        chans = [min(ndf * 2**i, ndf * 8) for i in range(n_down)]
+        layers = [down_block(3, chans[0], norm=False)]
+        layers += [down_block(chans[i - 1], chans[i]) for i in range(1, n_down)]
+        self.encode = nn.Sequential(*layers)  # (B, 3, R, R) -> (B, C, 4, 4)
+        c = chans[-1]
+        self.proj = nn.Linear(text_dim, cond_proj)
+        self.joint = nn.Sequential(nn.Conv2d(c + cond_proj, c, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True))
+        self.cond_logit = nn.Conv2d(c, 1, 4, 1, 0)
+        self.uncond_logit = nn.Conv2d(c, 1, 4, 1, 0) if uncond else None
+
+    def forward(self, image: torch.Tensor, sentence: torch.Tensor):
+        """-> (conditional logits (B,), unconditional logits (B,) or None)."""
+        h = self.encode(image)  # (B, C, 4, 4)
+        s = self.proj(sentence)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (B, P, 4, 4)
+        cond = self.cond_logit(self.joint(torch.cat([h, s], dim=1))).flatten()
+        uncond = self.uncond_logit(h).flatten() if self.uncond_logit is not None else None
+        return cond, uncond
