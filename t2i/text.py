@@ -148,6 +148,9 @@ class TextEncoder(torch.nn.Module):
         self.fingerprint = _fingerprint(self.name_or_path, max_length)
         self.cache = FeatureCache(Path(cache_dir) / self.fingerprint) if cache_dir else None
         self.calls = 0  # forward passes through the transformer (tests use it to see cache hits)
+        # Fast tokenizers are not thread-safe ("Already borrowed") and the cache index is shared: a served app
+        # encodes from many threads, so encoding is serialised (it is a small share of a request's time).
+        self._encode_lock = threading.RLock()
         if device is not None:
             self.to(device)
 
@@ -183,6 +186,10 @@ class TextEncoder(torch.nn.Module):
             captions = [captions]
         if not captions:
             raise ValueError("encode() needs at least one caption")
+        with self._encode_lock:
+            return self._encode(list(captions))
+
+    def _encode(self, captions: list[str]) -> TextFeatures:
         if self.cache is None:
             per = self._forward(list(captions))
         else:

@@ -66,3 +66,28 @@ def test_pad_features_reference():
     f = pad_features(per)
     assert f.words.shape == (2, 4, 3) and f.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert torch.all(f.words[0, 2:] == 0) and torch.all(f.words[1] == 2)
+
+
+def test_concurrent_encode_is_safe(tmp_path, text_encoder):
+    """A served app encodes from many threads: fast tokenizers alone would fail with 'Already borrowed'."""
+    import threading
+
+    enc = TextEncoder(text_encoder.name_or_path, max_length=32, cache_dir=tmp_path)
+    caps = [f"a small red circle number {i}" for i in range(16)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = enc.encode([caps[i], caps[(i + 1) % 16]]).sentence
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    ref = enc.encode(caps).sentence
+    for i in range(16):
+        assert torch.allclose(results[i][0], ref[i], atol=1e-6)
