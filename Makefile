@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint format clean demo
+.PHONY: install test test-slow lint format clean demo browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium for the real-browser app test (Playwright drives it; `playwright install` cannot download here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get install -y -q chromium || (apt-get update -q && \
+		apt-get install -y -q chromium)) >/dev/null 2>&1 || echo "note: chromium not installed: browser test skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP)
