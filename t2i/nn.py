@@ -16,10 +16,12 @@ class ConditioningAugmentation(nn.Module):
         self.fc = nn.Linear(text_dim, cond_dim * 4)  # GLU halves it: 2 * cond_dim = (mu, logvar)
         self.cond_dim = cond_dim
 
-    def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None, eps=None):
+        """eps (B, C): the sampling noise, when the caller draws it (pipelines draw it up front per image)."""
         h = F.glu(self.fc(sentence), dim=1)  # (B, 2C)
         mu, logvar = h[:, : self.cond_dim], h[:, self.cond_dim :]
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
 
 
@@ -101,8 +103,10 @@ class StageDiscriminator(nn.Module):
         if 2 ** (n_down + 2) != resolution or n_down < 1:
             raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
         chans = [min(ndf * 2**i, ndf * 8) for i in range(n_down)]
+        # No BatchNorm (as in DF-GAN): D sees [real | mismatched | fake] in its phase but only fakes in G's phase,
+        # and batch statistics would make it judge the same image differently in the two.
         layers = [down_block(3, chans[0], norm=False)]
-        layers += [down_block(chans[i - 1], chans[i]) for i in range(1, n_down)]
+        layers += [down_block(chans[i - 1], chans[i], norm=False) for i in range(1, n_down)]
         self.encode = nn.Sequential(*layers)  # (B, 3, R, R) -> (B, C, 4, 4)
         c = chans[-1]
         self.proj = nn.Linear(text_dim, cond_proj)

@@ -120,10 +120,13 @@ class AttnGANGenerator(nn.Module):
         self.init = InitStage(cfg)
         self.refine = nn.ModuleList(RefineStage(cfg) for _ in cfg.stages[1:])
         self.heads = nn.ModuleList(image_head(cfg.ngf) for _ in cfg.stages)
+        self.num_ca = 1
 
-    def forward(self, z, sentence, words, mask, generator=None) -> GenOutput:
-        """z (B, z_dim), sentence (B, D), words (B, T, D), mask (B, T) -> GenOutput (images per stage, attention)."""
-        c, mu, logvar = self.ca(sentence, generator)
+    def forward(self, z, sentence, words, mask, generator=None, ca_eps=None) -> GenOutput:
+        """z (B, z_dim), sentence (B, D), words (B, T, D), mask (B, T) -> GenOutput (images per stage, attention).
+
+        ca_eps: optional [(B, cond_dim)] CA noise; else drawn from `generator`."""
+        c, mu, logvar = self.ca(sentence, generator, ca_eps[0] if ca_eps else None)
         h = self.init(z, c)
         images, maps = [self.heads[0](h)], []
         for stage, head in zip(self.refine, self.heads[1:]):

@@ -78,8 +78,8 @@ class Stage1Generator(nn.Module):
         self.head = image_head(chans[-1])
         self.c0 = c0
 
-    def forward(self, z, sentence, generator=None):
-        c, mu, logvar = self.ca(sentence, generator)
+    def forward(self, z, sentence, generator=None, eps=None):
+        c, mu, logvar = self.ca(sentence, generator, eps)
         h = self.fc(torch.cat([z, c], dim=1)).view(z.shape[0], self.c0, 4, 4)  # (B, 8ngf, 4, 4)
         for up in self.ups:
             h = up(h, c)
@@ -112,8 +112,8 @@ class Stage2Generator(nn.Module):
         self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1], cond) for i in range(n_up))
         self.head = image_head(chans[-1])
 
-    def forward(self, image1, sentence, generator=None):
-        c, mu, logvar = self.ca(sentence, generator)
+    def forward(self, image1, sentence, generator=None, eps=None):
+        c, mu, logvar = self.ca(sentence, generator, eps)
         h = self.encode(image1)  # (B, 4ngf, R1/4, R1/4)
         cmap = c[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
         h = self.joint(torch.cat([h, cmap], dim=1))
@@ -132,13 +132,17 @@ class StackGANGenerator(nn.Module):
         self.cfg = cfg
         self.stage1 = Stage1Generator(cfg)
         self.stage2 = Stage2Generator(cfg) if cfg.resolution != cfg.stage1_resolution else None
+        self.num_ca = 1 + (self.stage2 is not None)  # one conditioning augmentation per stage, as in the paper
 
-    def forward(self, z, sentence, words=None, mask=None, generator=None) -> GenOutput:
-        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are accepted and unused (same call as AttnGAN)."""
-        img1, mu1, lv1 = self.stage1(z, sentence, generator)
+    def forward(self, z, sentence, words=None, mask=None, generator=None, ca_eps=None) -> GenOutput:
+        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are accepted and unused (same call as AttnGAN).
+
+        ca_eps: optional [(B, cond_dim)] * num_ca CA noise; else drawn from `generator`."""
+        eps = ca_eps or [None] * self.num_ca
+        img1, mu1, lv1 = self.stage1(z, sentence, generator, eps[0])
         if self.stage2 is None:
             return GenOutput([img1], [mu1], [lv1])
-        img2, mu2, lv2 = self.stage2(img1, sentence, generator)
+        img2, mu2, lv2 = self.stage2(img1, sentence, generator, eps[1])
         return GenOutput([img1, img2], [mu1, mu2], [lv1, lv2])
 
     def trainable_parameters(self):

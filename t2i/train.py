@@ -1,0 +1,794 @@
+"""The one training loop (`t2i train CONFIG [key=value ...]`), shared by every family.
+
+A recipe (configs/t2i/*.yaml) names a `family`, its `model` config, the `data` and the `train` settings. A family
+turns them into modules, optimizers and *phases* (StyleGAN2-ADA style: D-step, G-step, each with its optimizer,
+loss function and interval); the loop below only fetches data, runs the phases, updates the EMA, snapshots,
+samples and evaluates. accelerate handles devices, DDP (`accelerate launch` / `torchrun`), mixed precision and
+gradient accumulation. Checkpoints are safetensors + JSON (optimizer states via torch.load(weights_only=True)),
+written to a tmp folder and renamed into place, so a killed run resumes from its last complete snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from t2i import losses as L
+
+RUNS_DIR = Path("runs")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/inf; the message names the step and the loss."""
+
+
+@dataclass
+class TrainConfig:
+    """Loop and optimisation settings (the `train:` section of a recipe)."""
+
+    batch_size: int = 32  # per process, per micro-step
+    max_steps: int = 10_000  # optimizer steps
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (bf16 on a GPU)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: list = field(default_factory=lambda: [0.5, 0.999])
+    gan_loss: str = "bce"  # "bce" (papers) | "hinge" (DF-GAN; use with ma_gp_weight > 0)
+    ma_gp_weight: float = 0.0  # DF-GAN's k (2); 0 disables the matching-aware gradient penalty
+    ma_gp_power: float = 6.0
+    uncond_weight: float = 1.0  # weight of the unconditional real/fake terms
+    kl_weight: float = 1.0  # conditioning augmentation KL (StackGAN: 2, AttnGAN: 1)
+    lambda_damsm: float = 0.0  # AttnGAN's DAMSM weight (CUB: 5, COCO: 50); needs model.damsm_checkpoint
+    d_interval: int = 1  # run the D phase every N steps
+    g_interval: int = 1
+    ema_decay: float = 0.999
+    seed: int = 0
+    num_threads: int = 0  # torch CPU threads (0: leave torch's default)
+    on_nonfinite: str = "stop"  # "stop" | "skip" the step
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    eval_every: int = 0  # 0: never; else t2i.metrics.evaluate every N steps (Shapes)
+    eval_metrics: list = field(default_factory=lambda: ["attribute_accuracy"])
+    eval_num_samples: int = 200
+    export_dtype: str = "float16"
+
+
+@dataclass
+class DataConfig:
+    """What to train on (the `data:` section)."""
+
+    dataset: str = "shapes"  # "shapes" or a dataset folder (imagefolder / CUB / COCO layout)
+    split: str = "train"
+    size: int = 64
+    length: int | None = 10_000  # Shapes: a finite pool whose captions are pre-encoded (t2i data encode)
+    seed: int = 0
+    text_encoder: str | None = None  # local HF folder or hub id; None = bundled MiniLM
+    max_length: int = 32
+    sample_captions: list = field(default_factory=list)  # fixed captions of the sample grid; default: test captions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes: YAML + key=value overrides -> dataclasses.
+
+
+def _from_dict(cls, d: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    return cls(**d)
+
+
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """`train.lr_g=1e-4 model.ngf=16 name=x` -> nested dict updates (values parsed as YAML)."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} is not KEY=VALUE (e.g. train.batch_size=16)")
+        key, val = ov.split("=", 1)
+        node, parts = recipe, key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {ov!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(val)
+    return recipe
+
+
+def _parse_value(val: str):
+    """YAML, plus what YAML 1.1 leaves as strings but a person means as numbers: 2e-4, nan, inf."""
+    v = yaml.safe_load(val)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no recipe at {p}")
+    recipe = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{p}: a recipe must be a YAML mapping")
+    recipe = apply_overrides(recipe, overrides or [])
+    recipe.setdefault("name", p.stem)
+    for k in ("family", "model"):
+        if k not in recipe:
+            raise ValueError(f"{p}: recipe needs a {k!r} key")
+    unknown = sorted(set(recipe) - {"name", "family", "model", "data", "train"})
+    if unknown:
+        raise ValueError(f"{p}: unknown top-level key(s) {unknown}")
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: images (cached as uint8), one random caption per image per step, features from the cached text encoder.
+
+
+class Batches:
+    """Deterministic batches: step s, rank r -> the same images and captions on every run (so resume is exact)."""
+
+    def __init__(self, cfg: DataConfig, batch_size: int, rank: int, world: int, seed: int):
+        from t2i.data.dataset import load_dataset
+
+        self.ds = load_dataset(cfg.dataset, cfg.split, cfg.size, cfg.length, cfg.seed)
+        self.n, self.bs, self.rank, self.world, self.seed = len(self.ds), batch_size, rank, world, seed
+        if self.n < batch_size * world:
+            raise ValueError(f"dataset has {self.n} images, fewer than one global batch ({batch_size * world})")
+        self._images: dict[int, torch.Tensor] = {}
+        self._perm_epoch, self._perm = -1, None
+
+    def _example(self, i: int):
+        ex = self.ds[i]
+        if i not in self._images:  # keep images as uint8: 10k 64x64 images = 120 MB
+            self._images[i] = ((ex.image + 1) * 127.5).round().to(torch.uint8)
+        return ex
+
+    def get(self, micro_step: int) -> dict:
+        per_epoch = self.n // (self.bs * self.world)
+        epoch, pos = divmod(micro_step, per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+            self._perm_epoch = epoch
+        start = (pos * self.world + self.rank) * self.bs
+        idx = self._perm[start : start + self.bs].tolist()
+        rng = random.Random(f"{self.seed}-{micro_step}-{self.rank}")  # str seeds are hashed deterministically
+        images, captions, attrs = [], [], []
+        for i in idx:
+            ex = self._example(i)
+            images.append(self._images[i].float() / 127.5 - 1)
+            captions.append(rng.choice(ex.captions))
+            attrs.append(ex.attributes)
+        return {"image": torch.stack(images), "captions": captions, "attributes": attrs, "index": idx}
+
+
+def _describe(attrs: dict | None, caption: str):
+    """What a caption pins down (for mismatch selection): Shapes attributes, else the caption itself."""
+    if attrs is None:
+        return caption
+    objs = tuple((o["shape"], o["color"], o["size"]) + ((o["position"],) if len(attrs["objects"]) == 1 else ())
+                 for o in attrs["objects"])  # fmt: skip
+    return (objs, attrs.get("relation"))
+
+
+def mismatch_index(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mis (B,) index of a caption that does NOT describe image i, same (B, B) bool 'describes the same')."""
+    keys = [_describe(a, c) for a, c in zip(batch["attributes"], batch["captions"])]
+    B = len(keys)
+    same = torch.tensor([[keys[i] == keys[j] for j in range(B)] for i in range(B)])
+    mis = []
+    for i in range(B):
+        j = next(((i + s) % B for s in range(1, B) if not same[i, (i + s) % B]), (i + 1) % B)
+        mis.append(j)
+    return torch.tensor(mis), same
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Families: modules + optimizers + phases.
+
+
+@dataclass
+class Phase:
+    """One update: `fn(batch, step) -> {loss name: tensor}`; 'loss' is backpropagated into `optimizer`."""
+
+    name: str
+    fn: object
+    optimizer: str
+    interval: int = 1
+    trains: list = field(default_factory=list)  # module names whose requires_grad is on during this phase
+
+
+class GANFamily:
+    """StackGAN / AttnGAN: a D phase (matching-aware + optional MA-GP) and a G phase (adversarial + KL + DAMSM)."""
+
+    def __init__(self, family: str, model_cfg: dict, tcfg: TrainConfig):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if family == "stackgan":
+            from t2i.models.stackgan import StackGANConfig, build_stackgan
+
+            self.cfg = _from_dict(StackGANConfig, model_cfg, "model")
+            G, D = build_stackgan(self.cfg)
+            if self.cfg.train_stage == "stage2":
+                self._load_stage1(G)
+        else:
+            from t2i.models.attngan import AttnGANConfig, build_attngan
+
+            self.cfg = _from_dict(AttnGANConfig, model_cfg, "model")
+            G, D = build_attngan(self.cfg)
+        self.family, self.t = family, tcfg
+        L._check(tcfg.gan_loss)
+        self.modules = {"G": G, "D": MultiStageD(D)}
+        self.optimizers = {
+            "G": torch.optim.Adam(G.trainable_parameters(), lr=tcfg.lr_g, betas=tuple(tcfg.betas)),
+            "D": torch.optim.Adam(self.modules["D"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas)),
+        }
+        self.ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+        self.damsm = None
+        if tcfg.lambda_damsm > 0:
+            if family != "attngan" or not getattr(self.cfg, "damsm_checkpoint", None):
+                raise ValueError("train.lambda_damsm > 0 needs family attngan and model.damsm_checkpoint")
+            self.damsm = load_damsm(self.cfg.damsm_checkpoint)
+        self.phases = [
+            Phase("D", self.d_step, "D", tcfg.d_interval, ["D"]),
+            Phase("G", self.g_step, "G", tcfg.g_interval, ["G"]),
+        ]
+
+    def _load_stage1(self, G):
+        p = self.cfg.stage1_checkpoint
+        if not p:
+            raise ValueError("model.train_stage 'stage2' needs model.stage1_checkpoint (a stage-I export or run)")
+        from t2i.pipelines import resolve_checkpoint
+
+        state = load_file(str(resolve_checkpoint(p) / "generator.safetensors"))
+        s1 = {k[len("stage1.") :]: v.float() for k, v in state.items() if k.startswith("stage1.")}
+        G.stage1.load_state_dict(s1)
+        G.stage1.requires_grad_(False).eval()
+
+    def bind(self, accelerator, encoder, prepared: dict):
+        self.acc, self.encoder, self.p = accelerator, encoder, prepared
+        if self.damsm is not None:
+            self.damsm.to(accelerator.device)
+
+    def _features(self, batch):
+        f = self.encoder.encode(batch["captions"]).to(self.acc.device)
+        mis, same = mismatch_index(batch)
+        return f, mis.to(self.acc.device), same.to(self.acc.device)
+
+    def _noise(self, B, step, salt):
+        # Integer tuples hash the same in every process (strings would not): salt is 0 (D phase) or 1 (G phase).
+        g = torch.Generator().manual_seed(hash((self.t.seed, step, self.acc.process_index, salt)) % 2**62)
+        return torch.randn(B, self.cfg.z_dim, generator=g).to(self.acc.device), g
+
+    def _g_forward(self, G, batch, f, step, salt):
+        z, g = self._noise(f.sentence.shape[0], step, salt)
+        ca_gen = torch.Generator(device=self.acc.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        return G(z, f.sentence, f.words, f.mask, generator=ca_gen)
+
+    def d_step(self, batch, step):
+        f, mis, _ = self._features(batch)
+        real = batch["image"].to(self.acc.device)
+        B = real.shape[0]
+        with torch.no_grad():
+            fake = self._g_forward(self.acc.unwrap_model(self.p["G"]), batch, f, step, 0).images
+        n_d = self.p["D"].module.n if hasattr(self.p["D"], "module") else self.p["D"].n
+        fake = fake[len(fake) - n_d :]
+        from t2i.models.stackgan import downsample_to
+
+        gp = self.t.ma_gp_weight > 0
+        imgs, sents, leaves = [], [], []
+        for x in fake:
+            r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)
+            s = f.sentence.detach().clone().requires_grad_(gp)
+            leaves.append((r, s))
+            imgs.append(torch.cat([r, r, x.detach()]))
+            sents.append(torch.cat([s, f.sentence[mis], f.sentence]))
+        outs = self.p["D"](imgs, sents)  # [(cond (3B,), uncond (3B,) | None)]
+        out = {"d_adv": 0.0, "d_gp": 0.0}
+        for (cond, uncond), (r, s) in zip(outs, leaves):
+            real_u = uncond[:B] if uncond is not None else None
+            fake_u = uncond[2 * B :] if uncond is not None else None
+            out["d_adv"] = out["d_adv"] + L.matching_aware_d_loss(
+                self.t.gan_loss, cond[:B], cond[B : 2 * B], cond[2 * B :], real_u, fake_u, self.t.uncond_weight
+            )
+            if gp:
+                gi, gs = torch.autograd.grad(cond[:B].sum(), (r, s), create_graph=True)
+                norm = torch.sqrt(gi.flatten(1).pow(2).sum(1) + gs.pow(2).sum(1) + 1e-12)
+                out["d_gp"] = out["d_gp"] + self.t.ma_gp_weight * norm.pow(self.t.ma_gp_power).mean()
+        out["loss"] = out["d_adv"] + out["d_gp"]
+        return out
+
+    def g_step(self, batch, step):
+        f, _, same = self._features(batch)
+        o = self._g_forward(self.p["G"], batch, f, step, 1)
+        D = self.acc.unwrap_model(self.p["D"])
+        imgs = o.images[len(o.images) - D.n :]
+        outs = D(imgs, [f.sentence] * len(imgs))
+        adv = 0.0
+        for cond, uncond in outs:
+            adv = adv + L.g_adv_loss(self.t.gan_loss, cond)
+            if uncond is not None:
+                adv = adv + self.t.uncond_weight * L.g_adv_loss(self.t.gan_loss, uncond)
+        kl = sum(L.kl_loss(m, lv) for m, lv in zip(o.mu, o.logvar))
+        out = {"g_adv": adv, "g_kl": kl, "loss": adv + self.t.kl_weight * kl}
+        if self.damsm is not None:
+            lw, ls = self.damsm.losses(o.images[-1], f.words, f.mask, f.sentence, same)
+            out["g_damsm"] = lw + ls
+            out["loss"] = out["loss"] + self.t.lambda_damsm * out["g_damsm"]
+        return out
+
+    def after_step(self, step):
+        G = self.acc.unwrap_model(self.p["G"])
+        if self.acc.num_processes > 1:
+            # DDP syncs gradients, not BN running statistics: average them so every rank holds the same generator.
+            from accelerate.utils import reduce
+
+            for b in G.buffers():
+                if b.is_floating_point():
+                    b.copy_(reduce(b, "mean"))
+        # Update G_ema.
+        self.ema.update_parameters(G)
+
+    def export(self, path, dtype, extra=None):
+        from t2i.pipelines import export_generator
+
+        return export_generator(path, self.family, self.ema.module, self.cfg, self.data_cfg.text_encoder,
+                                self.data_cfg.max_length, dtype, extra)  # fmt: skip
+
+    def pipeline(self):
+        """An in-memory pipeline over a copy of the EMA generator (for sample grids and metrics)."""
+        import copy
+
+        from t2i.pipelines import T2IPipeline
+
+        G = copy.deepcopy(self.ema.module)
+        pipe = T2IPipeline(
+            self.family, G, self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, self.encoder
+        )
+        return pipe.to(self.acc.device)
+
+    def state_modules(self) -> dict:
+        return {"G": self.acc.unwrap_model(self.p["G"]), "D": self.acc.unwrap_model(self.p["D"]), "G_ema": self.ema}
+
+
+class MultiStageD(torch.nn.Module):
+    """The per-stage discriminators as one module (one DDP forward per phase): lists in, lists out."""
+
+    def __init__(self, stages: torch.nn.ModuleList):
+        super().__init__()
+        self.stages = stages
+        self.n = len(stages)
+
+    def forward(self, images: list, sentences: list):
+        return [d(x, s) for d, x, s in zip(self.stages, images, sentences)]
+
+
+def load_damsm(path):
+    """A DAMSM export folder (config.json + damsm.safetensors) -> frozen DAMSM in eval mode."""
+    from t2i.models.attngan import DAMSM, DAMSMConfig
+    from t2i.pipelines import resolve_checkpoint
+
+    p = resolve_checkpoint(path)
+    cfg = json.loads((p / "config.json").read_text())
+    if cfg.get("family") != "damsm":
+        raise ValueError(f"{p} is a {cfg.get('family')!r} checkpoint, not a DAMSM one")
+    m = DAMSM(DAMSMConfig(**cfg["model"]))
+    m.load_state_dict({k: v.float() for k, v in load_file(str(p / "damsm.safetensors")).items()})
+    return m.eval().requires_grad_(False)
+
+
+class DAMSMFamily:
+    """DAMSM pretraining: image encoder + text head trained with L_w + L_s (no GAN, one phase)."""
+
+    def __init__(self, family: str, model_cfg: dict, tcfg: TrainConfig):
+        from t2i.models.attngan import DAMSM, DAMSMConfig
+
+        self.family, self.t = family, tcfg
+        self.cfg = _from_dict(DAMSMConfig, model_cfg, "model")
+        self.modules = {"damsm": DAMSM(self.cfg)}
+        self.optimizers = {
+            "damsm": torch.optim.Adam(self.modules["damsm"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas))
+        }
+        self.ema = self.damsm = None
+        self.phases = [Phase("damsm", self.step, "damsm", 1, ["damsm"])]
+
+    bind = GANFamily.bind
+    _features = GANFamily._features
+
+    def step(self, batch, step):
+        f, _, same = self._features(batch)
+        real = batch["image"].to(self.acc.device)
+        lw, ls = self.p["damsm"](real, f.words, f.mask, f.sentence, same)  # one DDP forward
+        return {"damsm_w": lw, "damsm_s": ls, "loss": lw + ls}
+
+    def after_step(self, step):
+        pass
+
+    def export(self, path, dtype, extra=None):
+        import os
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        m = self.acc.unwrap_model(self.p["damsm"])
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(tmp / "damsm.safetensors")
+        )
+        cfg = {"family": "damsm", "resolution": self.cfg.resolution, "model": dataclasses.asdict(self.cfg),
+               "text_encoder": {"name_or_path": self.data_cfg.text_encoder, "max_length": self.data_cfg.max_length},
+               **(extra or {})}  # fmt: skip
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    def pipeline(self):
+        return None
+
+    def state_modules(self) -> dict:
+        return {"damsm": self.acc.unwrap_model(self.p["damsm"])}
+
+
+FAMILIES = {"stackgan": GANFamily, "attngan": GANFamily, "damsm": DAMSMFamily}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run folders and checkpoints.
+
+
+def new_run_dir(name: str, runs_dir: Path) -> Path:
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    nums = [
+        int(m.group(1)) for p in runs_dir.glob(f"{name}-*") if (m := re.fullmatch(rf"{re.escape(name)}-(\d+)", p.name))
+    ]
+    d = runs_dir / f"{name}-{max(nums, default=-1) + 1:03d}"
+    d.mkdir()
+    return d
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    cks = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    cks = [c for c in cks if (c / "state.json").is_file()]
+    return cks[-1] if cks else None
+
+
+def find_resume(resume: str, name: str, runs_dir: Path) -> tuple[Path, Path]:
+    """'latest' (the newest run of this recipe with a checkpoint) | a run folder | a checkpoint folder."""
+    if resume == "latest":
+        runs = sorted((p for p in runs_dir.glob(f"{name}-*") if re.fullmatch(rf"{re.escape(name)}-\d+", p.name)),
+                      key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)  # fmt: skip
+        for r in runs:
+            ck = latest_checkpoint(r)
+            if ck is not None:
+                return r, ck
+        raise FileNotFoundError(f"--resume latest: no run of {name!r} with a checkpoint under {runs_dir}/")
+    p = Path(resume)
+    if (p / "state.json").is_file():
+        return p.parent.parent, p
+    ck = latest_checkpoint(p) if p.is_dir() else None
+    if ck is None:
+        raise FileNotFoundError(f"--resume {resume}: not a run folder with checkpoints nor a checkpoint folder")
+    return p, ck
+
+
+def save_checkpoint(run_dir: Path, step: int, fam, state: dict, keep: int) -> Path:
+    """Models as safetensors, optimizer states (tensors + numbers only), state.json; tmp folder then rename."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, m in fam.state_modules().items():
+        sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+        save_file(sd, str(tmp / f"{name}.safetensors"))
+    for name, opt in fam.optimizers.items():
+        torch.save(opt.state_dict(), tmp / f"optimizer_{name}.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ck: Path, fam) -> dict:
+    for name, m in fam.state_modules().items():
+        m.load_state_dict(load_file(str(ck / f"{name}.safetensors")))
+    for name, opt in fam.optimizers.items():
+        opt.load_state_dict(torch.load(ck / f"optimizer_{name}.pt", map_location="cpu", weights_only=True))
+    return json.loads((ck / "state.json").read_text())
+
+
+def save_grid(images: torch.Tensor, nrow: int, path: Path) -> None:
+    """(N, 3, H, W) in [-1, 1] -> PNG grid with nrow images per row (atomic write)."""
+    from PIL import Image
+
+    from t2i.data.dataset import tensor_to_pil
+
+    N, _, H, W = images.shape
+    rows = math.ceil(N / nrow)
+    grid = Image.new("RGB", (nrow * (W + 2) + 2, rows * (H + 2) + 2), (128, 128, 128))
+    for i in range(N):
+        grid.paste(tensor_to_pil(images[i]), (2 + (i % nrow) * (W + 2), 2 + (i // nrow) * (H + 2)))
+    tmp = path.with_suffix(".tmp.png")
+    grid.save(tmp)
+    os.replace(tmp, path)
+
+
+def default_sample_captions(dcfg: DataConfig, n: int = 8) -> list[str]:
+    if dcfg.sample_captions:
+        return list(dcfg.sample_captions)
+    from t2i.data.dataset import load_dataset
+
+    spec = dcfg.dataset + ":test" if dcfg.dataset == "shapes" else dcfg.dataset
+    ds = load_dataset(spec, "test", 8, length=n, seed=dcfg.seed)
+    return [ds[i].captions[0] for i in range(min(n, len(ds)))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(recipe: dict, resume: str | None = None, max_steps: int | None = None, runs_dir: str | Path = RUNS_DIR,
+          progress: bool = True, text_encoder=None) -> Path:  # fmt: skip
+    """Train a recipe; returns the run folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+    from tqdm.auto import tqdm
+
+    from t2i.text import TextEncoder, default_cache_dir
+
+    runs_dir = Path(runs_dir)
+    family = recipe["family"]
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    tcfg = _from_dict(TrainConfig, dict(recipe.get("train") or {}), "train")
+    dcfg = _from_dict(DataConfig, dict(recipe.get("data") or {}), "data")
+    if max_steps is not None:
+        tcfg.max_steps = max_steps
+    if tcfg.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+
+    # cpu=True without CUDA, so `torchrun`/`accelerate launch` processes on a CPU-only machine join a gloo group.
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=tcfg.mixed_precision,
+        gradient_accumulation_steps=tcfg.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    # One run folder for all processes: the main process decides, the others are told.
+    obj = [None, None]
+    if acc.is_main_process:
+        if resume:
+            run_dir, ck = find_resume(resume, recipe["name"], runs_dir)
+        else:
+            run_dir, ck = new_run_dir(recipe["name"], runs_dir), None
+        obj = [str(run_dir), str(ck) if ck else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(obj)
+    run_dir, ck = Path(obj[0]), (Path(obj[1]) if obj[1] else None)
+    if acc.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(
+            {"name": recipe["name"], "family": family, "model": recipe["model"], "data": dataclasses.asdict(dcfg),
+             "train": dataclasses.asdict(tcfg)}, sort_keys=False))  # fmt: skip
+
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    fam = FAMILIES[family](family, dict(recipe["model"]), tcfg)
+    fam.data_cfg = dcfg
+    names = list(fam.modules)
+    prepared = acc.prepare(*fam.modules.values(), *fam.optimizers.values())
+    p = dict(zip(names, prepared[: len(names)]))
+    fam.optimizers = dict(zip(fam.optimizers, prepared[len(names) :]))
+    if fam.ema is not None:
+        fam.ema.to(acc.device)
+    encoder = (
+        text_encoder
+        if text_encoder is not None
+        else TextEncoder(dcfg.text_encoder, max_length=dcfg.max_length, cache_dir=default_cache_dir())
+    )
+    fam.bind(acc, encoder, p)
+    data = Batches(dcfg, tcfg.batch_size, acc.process_index, acc.num_processes, tcfg.seed)
+
+    state = {"images_seen": 0, "train_seconds": 0.0}
+    start = 0
+    if ck is not None:
+        state = load_checkpoint(ck, fam)
+        start = state.pop("step")
+        acc.print(f"resumed from {ck} at step {start}")
+    if acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(run_dir / "logs"))
+        sample_caps = default_sample_captions(dcfg)
+        log_file = open(run_dir / "train.log", "a")
+    acc.wait_for_everyone()
+
+    bar = tqdm(total=tcfg.max_steps, initial=start, desc=run_dir.name, disable=not (progress and acc.is_main_process),
+               dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+    step, t_last, last_logs = start, time.time(), {}
+    while step < tcfg.max_steps:
+        for micro in range(tcfg.grad_accum):
+            # Fetch training data.
+            batch = data.get(step * tcfg.grad_accum + micro)
+            with acc.accumulate(*p.values()):
+                for ph in fam.phases:
+                    if step % ph.interval:
+                        continue
+                    # Update D. / Update G.: only this phase's modules take gradients.
+                    for n, m in p.items():
+                        acc.unwrap_model(m).requires_grad_(n in ph.trains)
+                    if family == "stackgan" and fam.cfg.train_stage == "stage2":
+                        acc.unwrap_model(p["G"]).stage1.requires_grad_(False)
+                    opt = fam.optimizers[ph.optimizer]
+                    with acc.autocast():
+                        out = ph.fn(batch, step)
+                    bad = [k for k, v in out.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
+                    if bad:
+                        msg = f"step {step}: non-finite loss in phase {ph.name}: " + ", ".join(
+                            f"{k}={float(out[k])}" for k in bad)  # fmt: skip
+                        if tcfg.on_nonfinite == "stop":
+                            raise NonFiniteLossError(msg + " (set train.on_nonfinite=skip to skip such steps)")
+                        warnings.warn(msg + " - step skipped", stacklevel=1)
+                        opt.zero_grad(set_to_none=True)
+                        continue
+                    acc.backward(out["loss"])
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    last_logs.update(
+                        {
+                            k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                            for k, v in out.items()
+                            if k != "loss"
+                        }
+                    )
+        step += 1
+        state["images_seen"] += tcfg.batch_size * tcfg.grad_accum * acc.num_processes
+        now = time.time()
+        state["train_seconds"] += now - t_last
+        t_last = now
+        # Update G_ema.
+        fam.after_step(step)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in last_logs.items()}, refresh=False)
+
+        if acc.is_main_process and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
+            ips = state["images_seen"] / max(state["train_seconds"], 1e-9)
+            for k, v in last_logs.items():
+                tb.add_scalar(f"loss/{k}", v, step)
+            tb.add_scalar("perf/images_per_second", ips, step)
+            log_file.write(json.dumps({"step": step, **last_logs, "images_per_second": round(ips, 2)}) + "\n")
+            log_file.flush()
+        # Save network snapshot.
+        last = step == tcfg.max_steps
+        if step % tcfg.checkpoint_every == 0 or last:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(run_dir, step, fam, state, tcfg.keep_checkpoints)
+                fam.export(run_dir / "export", getattr(torch, tcfg.export_dtype),
+                           {"step": step, "images_seen": state["images_seen"]})  # fmt: skip
+            acc.wait_for_everyone()
+        if acc.is_main_process and (step % tcfg.sample_every == 0 or last):
+            pipe = fam.pipeline()
+            if pipe is not None:
+                (run_dir / "samples").mkdir(exist_ok=True)
+                imgs = pipe(sample_caps, num_images_per_caption=4, seed=0)
+                save_grid(imgs, 4, run_dir / "samples" / f"step-{step:06d}.png")
+                (run_dir / "samples" / "captions.txt").write_text("\n".join(sample_caps) + "\n")
+        # Evaluate metrics.
+        if acc.is_main_process and tcfg.eval_every and (step % tcfg.eval_every == 0 or last):
+            res = evaluate_during_training(fam, dcfg, tcfg)
+            if res:
+                res = {"step": step, "images_seen": state["images_seen"], **res}
+                with open(run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(res) + "\n")
+                for k, v in res.items():
+                    if isinstance(v, (int, float)):
+                        tb.add_scalar(f"metrics/{k}", v, step)
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float)))
+    bar.close()
+    if acc.is_main_process:
+        tb.close()
+        log_file.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return run_dir
+
+
+def evaluate_during_training(fam, dcfg: DataConfig, tcfg: TrainConfig) -> dict | None:
+    """#4's metrics on the EMA generator; skipped with a warning when they are unavailable."""
+    if dcfg.dataset != "shapes" or fam.pipeline() is None:
+        return None
+    try:
+        from t2i.metrics import evaluate
+    except ImportError as e:
+        warnings.warn(f"metrics skipped: t2i.metrics is not available ({e})", stacklevel=1)
+        return None
+    try:
+        return evaluate(fam.pipeline(), "shapes", list(tcfg.eval_metrics), num_samples=tcfg.eval_num_samples,
+                        progress=False)  # fmt: skip
+    except Exception as e:  # a missing evaluator checkpoint must not kill a training run
+        warnings.warn(f"metrics skipped: {type(e).__name__}: {e}", stacklevel=1)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI.
+
+EXAMPLES = """examples:
+  t2i train configs/t2i/shapes_stackgan.yaml
+  t2i train configs/t2i/shapes_damsm.yaml --max-steps 3000
+  t2i train configs/t2i/shapes_attngan.yaml model.damsm_checkpoint=runs/shapes_damsm-000 train.batch_size=16
+  t2i train configs/t2i/shapes_attngan.yaml --resume latest
+  accelerate launch --num_processes 2 -m t2i.train configs/t2i/shapes_stackgan.yaml   # multi-process
+"""
+
+
+def _cmd_train(args) -> int:
+    recipe = load_recipe(args.config, args.overrides)
+    run = train(recipe, resume=args.resume, max_steps=args.max_steps, runs_dir=args.runs_dir,
+                progress=not args.no_progress)  # fmt: skip
+    print(f"run folder: {run}  (export: {run / 'export'})")
+    return 0
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="recipe YAML (configs/t2i/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. train.batch_size=16 model.ngf=16")
+    p.add_argument("--resume", default=None, help="'latest' (newest run of this recipe) or a run/checkpoint folder")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides the recipe)")
+    p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where run folders go (default runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def configure_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a recipe (StackGAN, AttnGAN, DAMSM, ...) with accelerate",
+        description="Train CONFIG into runs/<name>-NNN/ (config.yaml, checkpoints/, export/, samples/, logs/, "
+        "train.log, metrics.jsonl). Resumable after a kill; multi-process through `accelerate launch`.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def main(argv=None) -> int:
+    """`python -m t2i.train CONFIG ...` (what `accelerate launch -m t2i.train` runs)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(
+        prog="t2i-train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_arguments(p)
+    return _cmd_train(p.parse_intermixed_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
