@@ -222,9 +222,15 @@ def sentence_features(enc, captions: list[str], chunk: int = 4096) -> torch.Tens
 
 @lru_cache(maxsize=2)
 def _text_encoder_cached(max_length: int):
-    from t2i.text import TextEncoder, default_cache_dir
+    """The default MiniLM with the feature cache; shared with the pipelines' encoder so a process loads it once."""
+    try:
+        from t2i.pipelines import shared_text_encoder
 
-    return TextEncoder(max_length=max_length, cache_dir=default_cache_dir())
+        return shared_text_encoder(None, max_length)
+    except ImportError:
+        from t2i.text import TextEncoder, default_cache_dir
+
+        return TextEncoder(max_length=max_length, cache_dir=default_cache_dir())
 
 
 def check_resolution(generator, resolution: int, dataset: str) -> None:

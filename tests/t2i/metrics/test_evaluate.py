@@ -1,6 +1,7 @@
 """evaluate(), bad input, the evaluator round trip, `t2i eval` and `t2i compare` end to end on tiny fixtures."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -126,3 +127,29 @@ def test_compare_writes_report_grid_and_plots(tiny_evaluator, fake_pipeline, tmp
         assert g.size[0] > 2 * 128 and 2 * 128 < g.size[1] < 3 * 128 + 60
     res = json.loads((out / "results.json").read_text())
     assert set(res["models"]) == {"model_a", "model_b"} and res["reference"]["generator"] == "real"
+
+
+def _tiny_stackgan(path, resolution):
+    from t2i.models.stackgan import StackGANConfig
+    from t2i.pipelines import build_generator, export_generator
+
+    torch.manual_seed(0)
+    cfg = dict(asdict(StackGANConfig(resolution=resolution, stage1_resolution=resolution, ngf=4, ndf=4)))
+    G, mcfg = build_generator("stackgan", cfg)
+    return export_generator(path, "stackgan", G, mcfg)
+
+
+def test_cli_eval_end_to_end_on_a_tiny_real_checkpoint(tiny_evaluator, tmp_path, capsys):
+    """A real (untrained, 16x16) StackGAN checkpoint through load_pipeline -> t2i eval; 32x32 is refused."""
+    ckpt = _tiny_stackgan(tmp_path / "stackgan16", 16)
+    out = tmp_path / "r.json"
+    assert main(["eval", str(ckpt), "--num-samples", "12", "--metrics", "attribute_accuracy,fid,speed",
+                 "--evaluator", str(tiny_evaluator), "--quiet", "--json", str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["generator"] == "stackgan" and res["fid"] > 0 and res["images_per_second_bs16"] > 0
+    assert (ckpt / "eval.jsonl").is_file()
+    big = _tiny_stackgan(tmp_path / "stackgan32", 32)
+    capsys.readouterr()
+    assert main(["eval", str(big), "--metrics", "fid", "--evaluator", str(tiny_evaluator), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "resolution mismatch" in err and "32x32" in err and "16x16" in err
