@@ -153,3 +153,15 @@ def test_cli_eval_end_to_end_on_a_tiny_real_checkpoint(tiny_evaluator, tmp_path,
     assert main(["eval", str(big), "--metrics", "fid", "--evaluator", str(tiny_evaluator), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "resolution mismatch" in err and "32x32" in err and "16x16" in err
+
+
+def test_standard_metrics_need_local_weights(tiny_evaluator, tmp_path):
+    """Inception/CLIP metrics never download: without local weights they are refused by name."""
+    with pytest.raises(MetricError, match="clip_score needs a local CLIP model folder"):
+        evaluate("real", "shapes", ["clip_score"], num_samples=12, evaluator=tiny_evaluator, progress=False)
+    with pytest.raises(MetricError, match="--clip-model .*not a folder"):
+        evaluate("real", "shapes", ["clip_score"], num_samples=12, evaluator=tiny_evaluator, progress=False,
+                 clip_model=str(tmp_path / "nope"))  # fmt: skip
+    with pytest.raises(MetricError, match="--inception-weights .*no such file"):
+        evaluate("real", "shapes", ["fid"], num_samples=12, evaluator=tiny_evaluator, progress=False,
+                 inception_weights=str(tmp_path / "pt_inception.pth"))  # fmt: skip
