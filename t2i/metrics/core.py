@@ -168,11 +168,11 @@ class EvalContext:
 
     @cached_property
     def features(self) -> torch.Tensor:
-        return self._batched(self.evaluator.recognizer.features, self.images)  # (N, D)
+        return self._batched(self.evaluator.features, self.images)  # (N, D)
 
     @cached_property
     def real_features(self) -> torch.Tensor:
-        return self._batched(self.evaluator.recognizer.features, self.real_reference)  # (M, D)
+        return self._batched(self.evaluator.features, self.real_reference)  # (M, D)
 
     @cached_property
     def text_encoder(self):
@@ -293,7 +293,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     m = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     m.update(real.double(), real=True)
     m.update(fake.double(), real=False)
-    return float(m.compute())
+    return max(0.0, float(m.compute()))  # identical statistics can come out as -1e-6 from the matrix square root
 
 
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 100, subsets: int = 50, seed: int = 0):
@@ -321,7 +321,7 @@ def fid(ctx: EvalContext) -> dict:
     """Fréchet distance in the recognizer's feature space (and Inception's when given local weights)."""
     out = {
         "fid": frechet_distance(ctx.real_features, ctx.features),
-        "fid_feature": f"recognizer-{ctx.features.shape[1]}",
+        "fid_feature": f"{ctx.evaluator.config.feature_network}-{ctx.features.shape[1]}",
     }
     if ctx.options.get("inception_weights"):
         out.update(_inception_metrics(ctx, kinds=("fid",)))
@@ -451,7 +451,7 @@ def diversity(ctx: EvalContext) -> dict:
         with torch.no_grad():
             imgs = ctx.generator(ctx.captions[:n_caps], num_images_per_caption=k, seed=ctx.seed + 10_000)
         imgs = _check_images(imgs, n_caps * k, ctx.resolution).float().cpu()
-    f = ctx._batched(ctx.evaluator.recognizer.features, imgs).view(n_caps, k, -1)  # (C, k, D)
+    f = ctx._batched(ctx.evaluator.features, imgs).view(n_caps, k, -1)  # (C, k, D)
     d = torch.cdist(f, f)  # (C, k, k)
     mean_pair = d.sum((1, 2)) / (k * (k - 1))
     return {"diversity": float(mean_pair.mean()), "diversity_captions": n_caps, "diversity_k": k}

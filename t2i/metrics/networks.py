@@ -44,6 +44,9 @@ class EvaluatorConfig:
     text_encoder: str = "all-MiniLM-L6-v2"
     text_max_length: int = 32
     dataset: str = "shapes"
+    # Which network's standardised penultimate feature FID/KID/diversity use: the attribute recognizer (Shapes) or,
+    # for datasets without attributes, the matcher's image encoder (trained on that dataset's image-caption pairs).
+    feature_network: str = "recognizer"
     # Filled by training: what the networks scored on held-out real images, and how they were made.
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
@@ -108,6 +111,9 @@ class AttributeRecognizer(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
 
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # (B, D)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return (self.backbone(x) - self.feature_mean) / self.feature_std  # (B, D), standardised
 
@@ -121,9 +127,9 @@ class AttributeRecognizer(nn.Module):
 
 
 @torch.no_grad()
-def calibrate_features(net: AttributeRecognizer, images: torch.Tensor, batch_size: int = 256) -> None:
-    """Set the feature standardisation from real images (B, 3, R, R) in [-1, 1]."""
-    f = torch.cat([net.backbone(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+def calibrate_features(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """Set a network's feature standardisation from real images (B, 3, R, R) in [-1, 1]."""
+    f = torch.cat([net.raw_features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     net.feature_mean.copy_(f.mean(0))
     net.feature_std.copy_(f.std(0).clamp(min=1e-3))
 
@@ -178,6 +184,15 @@ class ImageTextMatcher(nn.Module):
             nn.Linear(cfg.text_dim, 512), nn.SiLU(), nn.Linear(512, 512), nn.SiLU(), nn.Linear(512, cfg.embed_dim)
         )
         self.logit_scale = nn.Parameter(torch.tensor(2.6593))  # log(1 / 0.07), CLIP's initial temperature
+        # Standardisation of the image encoder's feature, used when it is the FID/KID feature network.
+        self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
+        self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(x)  # (B, D)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.image_encoder(x) - self.feature_mean) / self.feature_std  # (B, D), standardised
 
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_proj(self.image_encoder(x)), dim=-1)  # (B, E)
@@ -210,6 +225,11 @@ class Evaluator:
     @property
     def device(self) -> torch.device:
         return next(self.recognizer.parameters()).device
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, D): the standardised feature FID/KID/diversity are computed in."""
+        net = self.matcher if self.config.feature_network == "matcher" else self.recognizer
+        return net.features(x)
 
 
 def save_evaluator(ev: Evaluator, path: str | Path, half: bool = True) -> Path:

@@ -1,8 +1,11 @@
-"""Train the Shapes evaluation networks (attribute recognizer + image-text matcher) from a recipe.
+"""Train the evaluation networks (attribute recognizer + image-text matcher) from a recipe.
 
     python -m t2i.metrics.train_evaluator configs/t2i/shapes_evaluator.yaml [--out DIR] [--only recognizer|matcher]
 
-Both networks learn from real Shapes *train* images only; their held-out figures are measured on the test split.
+Shapes: both networks learn from real Shapes *train* images only; their held-out figures are on the test split.
+Another dataset (`dataset: PATH` in the recipe, any layout `load_dataset` reads): it has no attributes, so only the
+matcher is trained, on its train split minus the last `val_images` images (held out), and its image encoder becomes
+the FID/KID/diversity feature network (`feature_network: matcher` in config.json).
 Images are rendered once into a uint8 pool (train indices 0..N-1, whose captions are already in the text-feature
 cache) and augmented on the fly (shift, noise, blur) so the networks are not brittle on generated images.
 """
@@ -43,7 +46,9 @@ DEFAULTS = {
     "seed": 0,
     "threads": 1,
     "resolution": 64,
+    "dataset": "shapes",  # or a dataset folder (matcher only)
     "dataset_seed": 0,
+    "architecture": {},  # EvaluatorConfig overrides, e.g. {channels: [32, 64], feature_dim: 128}
     "recognizer": {"num_images": 20000, "epochs": 10, "batch_size": 64, "lr": 2e-3},
     "matcher": {"num_images": 10000, "epochs": 12, "batch_size": 128, "lr": 1e-3},
     "augment": {"shift": 3, "noise": 0.08, "blur_prob": 0.3},
@@ -150,16 +155,28 @@ def validate_recognizer(net: AttributeRecognizer, val) -> dict:
     return {k: round(v, 5) for k, v in out.items()}
 
 
-def train_matcher(net: ImageTextMatcher, mc: dict, recipe: dict, val, log) -> dict:
-    from t2i.text import TextEncoder, default_cache_dir
+def dataset_pool(path: str, size: int, num: int) -> tuple[torch.Tensor, list]:
+    """The first `num` images (uint8 (N, 3, S, S)) and caption lists of a dataset folder's train split."""
+    from t2i.data.dataset import load_dataset
 
-    shapes_cfg = ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"])
-    imgs, _, caps = render_pool(shapes_cfg, "train", mc["num_images"])
-    enc = TextEncoder(max_length=recipe.get("text_max_length", 32), cache_dir=default_cache_dir())
-    n_cap = len(caps[0])
-    flat = [c for cs in caps for c in cs]
-    sent = sentence_features(enc, flat)
-    sent = sent.view(len(caps), n_cap, -1)  # (N, 5, 384)
+    ds = load_dataset(path, split="train", size=size, length=num)
+    exs = [ds[i] for i in tqdm(range(len(ds)), desc=f"read {path}", unit="img")]
+    imgs = torch.stack([((e.image + 1) * 127.5).round().clamp(0, 255).byte() for e in exs])
+    return imgs, [list(e.captions) for e in exs]
+
+
+def train_matcher(net: ImageTextMatcher, mc: dict, recipe: dict, val, log, pool=None) -> dict:
+    from t2i.metrics.core import _text_encoder_cached
+
+    if pool is None:
+        shapes_cfg = ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"])
+        imgs, _, caps = render_pool(shapes_cfg, "train", mc["num_images"])
+    else:
+        imgs, caps = pool
+    enc = _text_encoder_cached(int(recipe.get("text_max_length", 32)))  # MiniLM + the on-disk feature cache
+    counts = torch.tensor([len(c) for c in caps])  # captions per image (fixed for Shapes, varies elsewhere)
+    starts = torch.cumsum(counts, 0) - counts
+    sent = sentence_features(enc, [c for cs in caps for c in cs])  # (sum counts, 384)
     val_imgs, _, val_caps = val
     val_sent = sentence_features(enc, [c[0] for c in val_caps])  # (V, 384)
     gen = torch.Generator().manual_seed(recipe["seed"] + 1)
@@ -175,7 +192,8 @@ def train_matcher(net: ImageTextMatcher, mc: dict, recipe: dict, val, log) -> di
             # Fetch training data: each image with one of its captions, picked at random.
             idx = perm[b * mc["batch_size"] : (b + 1) * mc["batch_size"]]
             x = augment(to_float(imgs[idx]), recipe["augment"], gen)
-            s = sent[idx, torch.randint(0, n_cap, (len(idx),), generator=gen)]
+            pick = (torch.rand(len(idx), generator=gen) * counts[idx]).long()
+            s = sent[starts[idx] + pick]
             # Update the matcher (symmetric InfoNCE).
             _cosine_lr(opt, step, total, mc["lr"])
             loss = net(x, s)
@@ -199,6 +217,7 @@ def validate_matcher(net: ImageTextMatcher, imgs: torch.Tensor, sent: torch.Tens
     im = torch.cat([net.embed_images(to_float(imgs[i : i + 256])) for i in range(0, len(imgs), 256)])
     tx = net.embed_text(sent)
     hits = 0
+    pool = min(pool, len(im))
     n = (len(im) // pool) * pool
     for i in range(0, n, pool):
         sims = im[i : i + pool] @ tx[i : i + pool].t()
@@ -223,7 +242,10 @@ def main(argv=None) -> int:
     torch.manual_seed(recipe["seed"])
     torch.set_num_threads(int(recipe["threads"]))
 
-    cfg = EvaluatorConfig(resolution=recipe["resolution"], recipe=recipe)
+    shapes = str(recipe.get("dataset", "shapes")) == "shapes"
+    cfg = EvaluatorConfig(resolution=recipe["resolution"], recipe=recipe, dataset=str(recipe.get("dataset", "shapes")),
+                          feature_network="recognizer" if shapes else "matcher",
+                          **recipe.get("architecture", {}))  # fmt: skip
     if args.only and (out / "config.json").is_file():
         ev = load_evaluator(out)
         ev.config.recipe = recipe
@@ -239,20 +261,33 @@ def main(argv=None) -> int:
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    val = render_pool(ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"]), "test",
-                      recipe["val_images"])  # fmt: skip
-    if args.only in (None, "recognizer"):
+    pool = None
+    if shapes:
+        val = render_pool(ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"]), "test",
+                          recipe["val_images"])  # fmt: skip
+    else:
+        # A dataset without attributes: no recognizer; the matcher is trained on its image-caption pairs and its
+        # image encoder is the FID/KID feature network. The last images of the train split are held out.
+        imgs, caps = dataset_pool(recipe["dataset"], recipe["resolution"],
+                                  recipe["matcher"]["num_images"] + recipe["val_images"])  # fmt: skip
+        nv = max(1, min(recipe["val_images"], len(imgs) // 5))
+        val, pool = (imgs[-nv:], None, caps[-nv:]), (imgs[:-nv], caps[:-nv])
+        if args.only in ("recognizer",):
+            raise SystemExit(f"dataset {recipe['dataset']} has no attributes: there is no recognizer to train")
+    if shapes and args.only in (None, "recognizer"):
         ev.config.metrics["recognizer"] = train_recognizer(ev.recognizer, recipe["recognizer"], recipe, val, log)
         ev.recognizer.eval().requires_grad_(False)
         save_evaluator(ev, out)  # save after each network, so a later failure keeps the first
-    if args.only == "calibrate":
+    if args.only == "calibrate" and shapes:
         shapes_cfg = ShapesConfig(size=recipe["resolution"], seed=recipe["dataset_seed"])
         imgs, _, _ = render_pool(shapes_cfg, "train", recipe["calibration_images"])
         calibrate_features(ev.recognizer, to_float(imgs))
         save_evaluator(ev, out)
     if args.only in (None, "matcher"):
-        ev.config.metrics["matcher"] = train_matcher(ev.matcher, recipe["matcher"], recipe, val, log)
+        ev.config.metrics["matcher"] = train_matcher(ev.matcher, recipe["matcher"], recipe, val, log, pool)
         ev.matcher.eval().requires_grad_(False)
+        if not shapes:
+            calibrate_features(ev.matcher, to_float(pool[0][: recipe["calibration_images"]]))
         save_evaluator(ev, out)
     print(json.dumps(asdict(ev.config)["metrics"], indent=2))
     return 0

@@ -165,3 +165,33 @@ def test_standard_metrics_need_local_weights(tiny_evaluator, tmp_path):
     with pytest.raises(MetricError, match="--inception-weights .*no such file"):
         evaluate("real", "shapes", ["fid"], num_samples=12, evaluator=tiny_evaluator, progress=False,
                  inception_weights=str(tmp_path / "pt_inception.pth"))  # fmt: skip
+
+
+def test_train_evaluator_on_a_dataset_without_attributes(tmp_path):
+    """A folder dataset: only the matcher is trained, and its image encoder becomes the FID feature network."""
+    import yaml
+    from PIL import Image
+
+    from t2i.metrics.train_evaluator import main as train_main
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    rows = []
+    for i in range(36):
+        name = list(colours)[i % 3]
+        Image.new("RGB", (16, 16), colours[name]).save(ds / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": [f"a {name} square", f"all {name}"]})
+    (ds / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = {"dataset": str(ds), "resolution": 16, "threads": 1, "val_images": 6, "calibration_images": 30,
+              "architecture": {"channels": [8, 8], "feature_dim": 16, "embed_dim": 8},
+              "matcher": {"num_images": 30, "epochs": 2, "batch_size": 10, "lr": 0.003}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert train_main([str(tmp_path / "r.yaml"), "--out", str(tmp_path / "ev")]) == 0
+    ev = load_evaluator(tmp_path / "ev")
+    assert ev.config.feature_network == "matcher" and ev.config.dataset == str(ds)
+    assert ev.matcher.feature_std.ne(1).any()  # calibrated on the dataset's images
+    r = evaluate("real", str(ds), ["fid"], num_samples=12, evaluator=tmp_path / "ev", progress=False)
+    assert r["fid_feature"] == "matcher-16" and r["fid"] >= 0
+    with pytest.raises(MetricError, match="ground-truth attributes"):
+        evaluate("real", str(ds), ["attribute_accuracy"], num_samples=12, evaluator=tmp_path / "ev", progress=False)
