@@ -38,6 +38,8 @@ class DiffusionConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: better than linear at low resolution (Nichol & Dhariwal)
     prediction_type: str = "epsilon"  # or "v_prediction"
     caption_dropout: float = 0.1  # share of captions replaced by "" in training: the unconditional model for CFG
+    sample_steps: int = 25  # the pipeline's default number of DDIM steps
+    guidance_scale: float = 3.0  # the pipeline's default classifier-free guidance scale
     down_block_types: tuple[str, ...] = field(default=())
     up_block_types: tuple[str, ...] = field(default=())
 
@@ -119,12 +121,19 @@ class T2IDiffusionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(
-        self, unet: UNet2DConditionModel, scheduler, text_encoder_name: str | None = None, max_length: int = 32
+        self,
+        unet: UNet2DConditionModel,
+        scheduler,
+        text_encoder_name: str | None = None,
+        max_length: int = 32,
+        default_steps: int = 25,
+        default_guidance: float = 3.0,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
-        self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length)
+        self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length,
+                                default_steps=default_steps, default_guidance=default_guidance)  # fmt: skip
         self._text_encoder = None
 
     family = "diffusion"
@@ -160,13 +169,17 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         num_images_per_caption: int = 1,
         seed: int = 0,
         batch_size: int = 64,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 3.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         text_features=None,
     ) -> torch.Tensor:
-        """(len(captions) * k, 3, R, R) images in [-1, 1], caption-major; the same seed gives the same images."""
+        """(len(captions) * k, 3, R, R) images in [-1, 1], caption-major; the same seed gives the same images.
+
+        Steps and guidance default to the values the pipeline was saved with (config default_steps/guidance)."""
         if isinstance(captions, str):
             captions = [captions]
+        num_inference_steps = int(num_inference_steps or self.config.default_steps)
+        guidance_scale = float(self.config.default_guidance if guidance_scale is None else guidance_scale)
         device = self.unet.device
         if text_features is None:
             text_features = self.text_encoder.encode(list(captions))
@@ -225,10 +238,11 @@ def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.
     return F.pad(words, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
 
 
-def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32):
-    """A fresh (untrained) pipeline: UNet from cfg and a DDIM sampler over the training noise schedule."""
+def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None):
+    """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule."""
     sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
-    return T2IDiffusionPipeline(build_unet(cfg), sched, text_encoder_name, max_length)
+    return T2IDiffusionPipeline(unet if unet is not None else build_unet(cfg), sched, text_encoder_name, max_length,
+                                cfg.sample_steps, cfg.guidance_scale)  # fmt: skip
 
 
 def config_dict(cfg: DiffusionConfig) -> dict:

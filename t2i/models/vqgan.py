@@ -243,11 +243,17 @@ class CodePrior(ModelMixin, ConfigMixin):
 
     def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Next-code cross-entropy. indices (B, h, w) from the autoencoder."""
-        B = indices.shape[0]
-        target = indices.view(B, -1)  # (B, L)
-        inp = torch.cat([torch.full((B, 1), self.bos, device=target.device, dtype=target.dtype), target[:, :-1]], 1)
-        logits = self.forward(inp, words, mask).logits  # (B, L, V)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+        return prior_loss(self, indices, words, mask)
+
+
+def prior_loss(prior, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-code cross-entropy through `prior`'s forward (also when DDP-wrapped, so gradients are synchronised)."""
+    B = indices.shape[0]
+    target = indices.view(B, -1)  # (B, L)
+    bos = (prior.module if hasattr(prior, "module") else prior).bos
+    inp = torch.cat([torch.full((B, 1), bos, device=target.device, dtype=target.dtype), target[:, :-1]], 1)
+    logits = prior(inp, words, mask).logits  # (B, L, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
