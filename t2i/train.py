@@ -459,6 +459,10 @@ class DAMSMFamily:
 
 
 FAMILIES = {"stackgan": GANFamily, "attngan": GANFamily, "damsm": DAMSMFamily}
+# The baselines of #5 (diffusion, VQGAN autoencoder, VQGAN prior) train through this same loop.
+from t2i.train_baselines import BASELINE_FAMILIES  # noqa: E402
+
+FAMILIES.update(BASELINE_FAMILIES)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""The baselines (#5) through the one training loop: a 2-step smoke run per recipe, export, reload, resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import t2i.train as T
+from t2i.pipelines import load_pipeline
+from t2i.train_baselines import BASELINE_FAMILIES
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ["data.size=16", "data.length=16", "train.batch_size=4", "train.checkpoint_every=2", "train.sample_every=2",
+        "train.eval_every=0", "train.export_dtype=float32", "train.num_threads=0"]  # fmt: skip
+TINY = {
+    "diffusion": ["model.resolution=16", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
+                  "model.attention_head_dim=4", "model.sample_steps=2"],
+    "vqgan": ["model.resolution=16", "model.block_out_channels=[16,32]", "model.latent_channels=8",
+              "model.num_codes=32", "model.norm_num_groups=8", "model.disc_channels=8", "model.disc_layers=2",
+              "model.disc_start=1", "model.perceptual_evaluator=null"],
+    "vq_prior": ["model.n_embd=16", "model.n_layer=1", "model.n_head=2"],
+}  # fmt: skip
+
+
+def test_baselines_are_registered():
+    assert set(BASELINE_FAMILIES) <= set(T.FAMILIES)
+
+
+def _run(name, tmp_path, text_encoder, extra=(), max_steps=2, resume=None):
+    recipe = T.load_recipe(ROOT / f"configs/t2i/shapes_{name}.yaml", DATA + TINY[name] + list(extra))
+    return T.train(recipe, resume=resume, max_steps=max_steps, runs_dir=tmp_path / "runs", progress=False,
+                   text_encoder=text_encoder)  # fmt: skip
+
+
+def test_diffusion_smoke_export_reload_identical(tmp_path, text_encoder):
+    run = _run("diffusion", tmp_path, text_encoder)
+    assert (run / "checkpoints/step-000002/ema.safetensors").is_file()
+    assert (run / "samples/step-000002.png").is_file()
+    pipe = load_pipeline(run)
+    pipe.set_text_encoder(text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.family == "diffusion" and pipe.resolution == 16
+    a = pipe(["a red circle"], 2, seed=1)  # the recipe's sample_steps=2 is the saved default
+    again = load_pipeline(run / "export")
+    again.set_text_encoder(text_encoder)
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(a, again(["a red circle"], 2, seed=1))
+    assert pipe.config.default_steps == 2
+
+
+def test_vqgan_then_prior_smoke_and_reload(tmp_path, text_encoder):
+    ae = _run("vqgan", tmp_path, text_encoder)
+    assert (ae / "export/vqmodel/config.json").is_file()
+    assert (ae / "checkpoints/step-000002/disc.safetensors").is_file()
+    log = (ae / "train.log").read_text()
+    assert "rec_l1" in log and "perplexity" in log and "d_hinge" in log  # GAN term on after disc_start=1
+    prior_run = _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}"])
+    pipe = load_pipeline(prior_run)
+    pipe.set_text_encoder(text_encoder)
+    assert pipe.family == "vqgan" and pipe.resolution == 16
+    a = pipe(["a red circle", "a blue star"], 2, seed=5)
+    assert a.shape == (4, 3, 16, 16)
+    again = load_pipeline(prior_run / "export")
+    again.set_text_encoder(text_encoder)
+    assert torch.equal(a, again(["a red circle", "a blue star"], 2, seed=5))
+
+
+def test_prior_needs_an_autoencoder(tmp_path, text_encoder):
+    with pytest.raises((ValueError, FileNotFoundError), match="autoencoder|no checkpoint"):
+        _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={tmp_path / 'nothing'}"])
+
+
+def test_diffusion_resume_continues(tmp_path, text_encoder):
+    run = _run("diffusion", tmp_path, text_encoder, max_steps=2)
+    run2 = _run("diffusion", tmp_path, text_encoder, max_steps=4, resume=str(run))
+    assert run2 == run and (run / "checkpoints/step-000004").is_dir()
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "train.log").read_text().splitlines()]
+    assert steps[-1] == 4
