@@ -112,7 +112,7 @@ _recipe(
     save_every=5,
 )
 # MLE baseline: same generator, model selection on a separate oracle validation set, epochs to match the budget.
-_recipe(name="oracle_mle", mode="mle", mle_epochs=30, eval_every=5)
+_recipe(name="oracle_mle", mode="mle", mle_epochs=20, eval_every=5)
 _coco = dict(
     task="text",
     seq_len=26,  # 25 word tokens + <eos>: covers all but a handful of the captions (the rest are truncated)
@@ -134,7 +134,7 @@ _recipe(
     adv_steps=30,
     d_steps=1,
     d_epochs=1,
-    n_neg=5000,
+    n_neg=2500,
     rollout_num=8,
     **{**_coco, "eval_every": 5},
 )
