@@ -161,6 +161,16 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from textgan.bench import run_bench
+
+    res = run_bench(args.threads, args.mle_seqs, args.d_seqs, args.rollouts)
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="textgan", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="PNG path (a .json with the points is written beside it)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_sweep)
+    s = sub.add_parser("bench", help="seconds per phase (MLE epoch, D epoch, g-step with rollouts, BLEU), paper sizes")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--mle-seqs", type=int, default=10000)
+    s.add_argument("--d-seqs", type=int, default=20000)
+    s.add_argument("--rollouts", type=int, default=16)
+    s.add_argument("--json")
+    s.set_defaults(fn=cmd_bench)
     return p
 
 

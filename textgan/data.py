@@ -12,7 +12,7 @@ import torch
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-_WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_WORD_RE = re.compile(r"<unk>|\w+|[^\w\s]", re.UNICODE)  # <unk> stays one (never-matching) token
 
 
 class CorpusError(ValueError):

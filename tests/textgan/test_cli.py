@@ -128,3 +128,10 @@ def test_bundled_yaml_configs_load():
     for p in cfgs:
         cfg = seqgan.load_config(str(p))
         assert cfg.name in seqgan.RECIPES and cfg.task in ("oracle", "text")
+
+
+def test_bench_smoke():
+    from textgan.bench import run_bench
+
+    res = run_bench(mle_seqs=64, d_seqs=64, rollouts=1)
+    assert all(res[k]["wall_s"] > 0 for k in ("mle_epoch", "d_epoch", "g_step", "bleu_selfbleu_10k"))
