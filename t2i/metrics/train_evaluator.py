@@ -285,6 +285,11 @@ def main(argv=None) -> int:
         save_evaluator(ev, out)
     if args.only in (None, "matcher"):
         ev.config.metrics["matcher"] = train_matcher(ev.matcher, recipe["matcher"], recipe, val, log, pool)
+        if recipe.get("matcher_finetune"):  # a second, gentler stage with more negatives per step
+            ft = {**recipe["matcher"], **recipe["matcher_finetune"]}
+            ev.config.metrics["matcher_finetune"] = train_matcher(
+                ev.matcher, ft, recipe, val, lambda row: log({**row, "net": "matcher_finetune"}), pool
+            )
         ev.matcher.eval().requires_grad_(False)
         if not shapes:
             calibrate_features(ev.matcher, to_float(pool[0][: recipe["calibration_images"]]))

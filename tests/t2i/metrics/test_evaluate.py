@@ -185,12 +185,16 @@ def test_train_evaluator_on_a_dataset_without_attributes(tmp_path):
     (ds / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     recipe = {"dataset": str(ds), "resolution": 16, "threads": 1, "val_images": 6, "calibration_images": 30,
               "architecture": {"channels": [8, 8], "feature_dim": 16, "embed_dim": 8},
-              "matcher": {"num_images": 30, "epochs": 2, "batch_size": 10, "lr": 0.003}}  # fmt: skip
+              "matcher": {"num_images": 30, "epochs": 2, "batch_size": 10, "lr": 0.003},
+              "matcher_finetune": {"epochs": 1, "batch_size": 15}}  # fmt: skip
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert train_main([str(tmp_path / "r.yaml"), "--out", str(tmp_path / "ev")]) == 0
     ev = load_evaluator(tmp_path / "ev")
     assert ev.config.feature_network == "matcher" and ev.config.dataset == str(ds)
     assert ev.matcher.feature_std.ne(1).any()  # calibrated on the dataset's images
+    log = [json.loads(x) for x in (tmp_path / "ev" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["net"] for r in log] == ["matcher", "matcher", "matcher_finetune"]
+    assert set(ev.config.metrics) == {"matcher", "matcher_finetune"}
     r = evaluate("real", str(ds), ["fid"], num_samples=12, evaluator=tmp_path / "ev", progress=False)
     assert r["fid_feature"] == "matcher-16" and r["fid"] >= 0
     with pytest.raises(MetricError, match="ground-truth attributes"):
