@@ -228,7 +228,7 @@ class GANFamily:
     """StackGAN / AttnGAN: a D phase (matching-aware + optional MA-GP) and a G phase (adversarial + KL + DAMSM)."""
 
     def __init__(self, family: str, model_cfg: dict, tcfg: TrainConfig):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
         if family == "stackgan":
             from t2i.models.stackgan import StackGANConfig, build_stackgan
@@ -249,7 +249,7 @@ class GANFamily:
             "G": torch.optim.Adam(G.trainable_parameters(), lr=tcfg.lr_g, betas=tuple(tcfg.betas)),
             "D": torch.optim.Adam(self.modules["D"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas)),
         }
-        self.ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(G, avg_fn=ema_with_warmup(tcfg.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.damsm = None
         if tcfg.lambda_damsm > 0:
@@ -376,6 +376,17 @@ class GANFamily:
 
     def state_modules(self) -> dict:
         return {"G": self.acc.unwrap_model(self.p["G"]), "D": self.acc.unwrap_model(self.p["D"]), "G_ema": self.ema}
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel with the usual warm-up (as diffusers' EMAModel): the decay used after n updates
+    is min(decay, (1 + n) / (10 + n)), so a short run's EMA is not still mostly its random initialisation."""
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        return averaged * d + current * (1 - d)
+
+    return avg_fn
 
 
 class MultiStageD(torch.nn.Module):
@@ -556,6 +567,29 @@ def default_sample_captions(dcfg: DataConfig, n: int = 8) -> list[str]:
     spec = dcfg.dataset + ":test" if dcfg.dataset == "shapes" else dcfg.dataset
     ds = load_dataset(spec, "test", 8, length=n, seed=dcfg.seed)
     return [ds[i].captions[0] for i in range(min(n, len(ds)))]
+
+
+def export_checkpoint(ck: str | Path, out: str | Path, weights: str = "G_ema", dtype: str = "float16") -> Path:
+    """A GAN run's checkpoint folder -> a pipeline folder (config.json + generator.safetensors) from its G_ema
+    (default) or raw G weights, e.g. to bundle a snapshot other than the run's latest export."""
+    from t2i.pipelines import build_generator, export_generator
+
+    ck = Path(ck)
+    if weights not in ("G_ema", "G"):
+        raise ValueError(f"weights must be 'G_ema' or 'G', got {weights!r}")
+    run = yaml.safe_load((ck.parent.parent / "config.yaml").read_text())
+    if run["family"] not in ("stackgan", "attngan"):
+        raise ValueError(f"{ck}: family {run['family']!r} has no generator to export")
+    G, cfg = build_generator(run["family"], run["model"])
+    state = load_file(str(ck / f"{weights}.safetensors"))
+    if weights == "G_ema":  # AveragedModel keys: module.<name>, plus n_averaged
+        state = {k[len("module.") :]: v for k, v in state.items() if k.startswith("module.")}
+    G.load_state_dict(state)
+    step = json.loads((ck / "state.json").read_text())
+    extra = {"step": step["step"], "images_seen": step.get("images_seen"), "weights": weights}
+    data = run.get("data") or {}
+    return export_generator(out, run["family"], G, cfg, data.get("text_encoder"), int(data.get("max_length", 32)),
+                            getattr(torch, dtype), extra)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

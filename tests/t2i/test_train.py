@@ -62,6 +62,25 @@ def test_smoke_stackgan_reload_matches_ema(tmp_path, text_encoder):
     G.load_state_dict({k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")})
     ref = T2IPipeline("stackgan", G, cfg, text_encoder=text_encoder)
     assert torch.equal(ref(["a gray heart"], 2, seed=0), pipe(["a gray heart"], 2, seed=0))
+    # export_checkpoint rebuilds the same pipeline folder from the checkpoint (and can take the raw G instead).
+    from t2i.train import export_checkpoint
+
+    again = load_pipeline(export_checkpoint(run / "checkpoints/step-000002", tmp_path / "again", dtype="float32"))
+    again._encoder = text_encoder
+    assert torch.equal(again(["a gray heart"], 2, seed=0), pipe(["a gray heart"], 2, seed=0))
+    raw = load_pipeline(export_checkpoint(run / "checkpoints/step-000002", tmp_path / "raw", "G"))
+    assert json.loads((tmp_path / "raw/config.json").read_text())["weights"] == "G"
+    raw._encoder = text_encoder
+    assert not torch.equal(raw(["a gray heart"], 2, seed=0), pipe(["a gray heart"], 2, seed=0))
+
+
+def test_ema_warmup():
+    from t2i.train import ema_with_warmup
+
+    fn = ema_with_warmup(0.999)
+    one, zero = torch.ones(2), torch.zeros(2)
+    assert torch.allclose(fn(zero, one, torch.tensor(0)), torch.full((2,), 0.9))  # decay 1/10 on the first update
+    assert torch.allclose(fn(zero, one, torch.tensor(10**6)), torch.full((2,), 0.001))  # then the nominal 0.999
 
 
 def test_smoke_damsm_then_attngan(tmp_path, text_encoder):
