@@ -78,6 +78,7 @@ class FeatureCache:
         self.dtype = dtype
         self._index: dict[str, Path] = {}  # caption key -> shard holding it
         self._mem: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: dict[Path, object] = {}
         self._lock = threading.Lock()
         for shard in sorted(self.root.glob("shard-*.safetensors")):
             with safe_open(shard, "pt") as f:
@@ -94,8 +95,11 @@ class FeatureCache:
     def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(words (L, D), sentence (D,)) of one caption, in the cache dtype."""
         if key not in self._mem:
-            with safe_open(self._index[key], "pt") as f:
-                self._mem[key] = (f.get_tensor(key + ".w"), f.get_tensor(key + ".s"))
+            shard = self._index[key]
+            if shard not in self._handles:  # opening a shard costs ~6 ms: keep one (memory-mapped) handle per shard
+                self._handles[shard] = safe_open(shard, "pt")
+            f = self._handles[shard]
+            self._mem[key] = (f.get_tensor(key + ".w"), f.get_tensor(key + ".s"))
         return self._mem[key]
 
     def put_many(self, items: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
