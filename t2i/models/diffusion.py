@@ -145,11 +145,9 @@ class T2IDiffusionPipeline(DiffusionPipeline):
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from t2i.text import TextEncoder, default_cache_dir
+            from t2i.pipelines import shared_text_encoder  # one encoder per process for every family
 
-            self._text_encoder = TextEncoder(
-                self.config.text_encoder_name, max_length=self.config.max_length, cache_dir=default_cache_dir()
-            )
+            self._text_encoder = shared_text_encoder(self.config.text_encoder_name, self.config.max_length)
         return self._text_encoder
 
     def set_text_encoder(self, encoder) -> None:

@@ -335,9 +335,9 @@ class VQGANPipeline:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from t2i.text import TextEncoder, default_cache_dir
+            from t2i.pipelines import shared_text_encoder  # one encoder per process for every family
 
-            self._text_encoder = TextEncoder(self.text_encoder_name, self.max_length, cache_dir=default_cache_dir())
+            self._text_encoder = shared_text_encoder(self.text_encoder_name, self.max_length)
         return self._text_encoder
 
     def set_text_encoder(self, encoder) -> None:
