@@ -695,7 +695,7 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
                     bad = [k for k, v in out.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
                     if bad:
                         msg = f"step {step}: non-finite loss in phase {ph.name}: " + ", ".join(
-                            f"{k}={float(out[k])}" for k in bad)  # fmt: skip
+                            f"{k}={float(out[k].detach())}" for k in bad)  # fmt: skip
                         if tcfg.on_nonfinite == "stop":
                             raise NonFiniteLossError(msg + " (set train.on_nonfinite=skip to skip such steps)")
                         warnings.warn(msg + " - step skipped", stacklevel=1)
