@@ -794,6 +794,12 @@ EXAMPLES = """examples:
 
 
 def _cmd_train(args) -> int:
+    # Options written after the overrides (`t2i train C a=1 --max-steps 5`) reach us inside the REMAINDER list.
+    rest = argparse.ArgumentParser(prog="t2i train", add_help=False, argument_default=argparse.SUPPRESS)
+    _add_options(rest)
+    rest.add_argument("overrides", nargs="*")
+    if args.overrides:
+        rest.parse_intermixed_args(list(args.overrides), namespace=args)
     recipe = load_recipe(args.config, args.overrides)
     run = train(recipe, resume=args.resume, max_steps=args.max_steps, runs_dir=args.runs_dir,
                 progress=not args.no_progress)  # fmt: skip
@@ -802,8 +808,13 @@ def _cmd_train(args) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_options(p)
     p.add_argument("config", help="recipe YAML (configs/t2i/*.yaml)")
-    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. train.batch_size=16 model.ngf=16")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="overrides, e.g. train.batch_size=16 model.ngf=16 (options may follow)")  # fmt: skip
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, help="'latest' (newest run of this recipe) or a run/checkpoint folder")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides the recipe)")
     p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where run folders go (default runs/)")
@@ -831,7 +842,7 @@ def main(argv=None) -> int:
         prog="t2i-train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _add_arguments(p)
-    return _cmd_train(p.parse_intermixed_args(argv))
+    return _cmd_train(p.parse_args(argv))
 
 
 if __name__ == "__main__":

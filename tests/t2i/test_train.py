@@ -145,3 +145,17 @@ def test_overrides_and_bad_recipes(tmp_path):
     bad.write_text("family: stackgan\n")
     with pytest.raises(ValueError, match="needs a 'model' key"):
         load_recipe(bad)
+
+
+def test_cli_options_after_overrides(monkeypatch):
+    import t2i.train as T
+    from t2i.cli import main
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda recipe, **kw: seen.update(recipe=recipe, **kw) or Path("runs/x-000"))
+    recipe = str(ROOT / "configs/t2i/shapes_stackgan.yaml")
+    assert main(["train", recipe, "train.batch_size=8", "--max-steps", "5", "model.ngf=8", "--resume", "latest"]) == 0
+    assert (seen["max_steps"], seen["resume"]) == (5, "latest")
+    assert seen["recipe"]["train"]["batch_size"] == 8 and seen["recipe"]["model"]["ngf"] == 8
+    assert main(["train", "--max-steps", "3", recipe]) == 0 and seen["max_steps"] == 3
+    assert main(["train", recipe, "train.nope"]) == 2  # not KEY=VALUE: one-line error, exit 2
