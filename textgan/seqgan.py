@@ -658,7 +658,6 @@ def summarize_timing(run: Path) -> dict:
         o["total_s"] = round(o["total_s"], 2)
         if "rollouts_total_s" in o:
             o["rollouts_mean_s"] = o["rollouts_total_s"] / o["count"]
-    out["threads"] = {"count": torch.get_num_threads(), "total_s": 0.0, "mean_s": 0.0}
     atomic_write_json(out, run / "timing_summary.json")
     return out
 
