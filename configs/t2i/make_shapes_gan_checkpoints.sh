@@ -10,11 +10,11 @@ T2I=${T2I:-.venv/bin/t2i}
 run_of() { sed -n 's/^run folder: \([^ ]*\).*/\1/p' "$1" | tail -n1; }
 
 $T2I data encode shapes --num 10000            # pre-encode the training captions once (cached on disk)
-$T2I train configs/t2i/shapes_stackgan.yaml --max-steps "${STACKGAN_STEPS:-2250}" --no-progress | tee /tmp/stackgan.out
+$T2I train configs/t2i/shapes_stackgan.yaml --max-steps "${STACKGAN_STEPS:-3200}" --no-progress | tee /tmp/stackgan.out
 $T2I train configs/t2i/shapes_damsm.yaml train.batch_size=32 --max-steps "${DAMSM_STEPS:-100}" --no-progress \
   | tee /tmp/damsm.out
 $T2I train configs/t2i/shapes_attngan.yaml "model.damsm_checkpoint=$(run_of /tmp/damsm.out)" \
-  --max-steps "${ATTNGAN_STEPS:-1150}" --no-progress | tee /tmp/attngan.out
+  --max-steps "${ATTNGAN_STEPS:-1650}" --no-progress | tee /tmp/attngan.out
 for m in stackgan attngan; do
   rm -rf "checkpoints/shapes64/$m"
   cp -r "$(run_of /tmp/$m.out)/export" "checkpoints/shapes64/$m"
