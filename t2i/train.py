@@ -58,6 +58,7 @@ class TrainConfig:
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
+    init_from: str | None = None  # GANs: start G (and G_ema) from an exported generator or run (fine-tuning)
     seed: int = 0
     num_threads: int = 0  # torch CPU threads (0: leave torch's default)
     on_nonfinite: str = "stop"  # "stop" | "skip" the step
@@ -249,6 +250,8 @@ class GANFamily:
             "G": torch.optim.Adam(G.trainable_parameters(), lr=tcfg.lr_g, betas=tuple(tcfg.betas)),
             "D": torch.optim.Adam(self.modules["D"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas)),
         }
+        if tcfg.init_from:
+            self._init_generator(G, tcfg.init_from)
         self.ema = AveragedModel(G, avg_fn=ema_with_warmup(tcfg.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.damsm = None
@@ -260,6 +263,21 @@ class GANFamily:
             Phase("D", self.d_step, "D", tcfg.d_interval, ["D"]),
             Phase("G", self.g_step, "G", tcfg.g_interval, ["G"]),
         ]
+
+    def _init_generator(self, G, path):
+        """Copy an exported generator of the same family and architecture into G (D starts fresh)."""
+        from t2i.pipelines import resolve_checkpoint
+
+        src = resolve_checkpoint(path)
+        cfg = json.loads((src / "config.json").read_text())
+        mine = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
+        diff = sorted(k for k in mine if k not in ("damsm_checkpoint", "stage1_checkpoint", "train_stage")
+                      and k in cfg.get("model", {}) and cfg["model"][k] != mine[k])  # fmt: skip
+        if cfg.get("family") != self.family or diff:
+            raise ValueError(f"train.init_from={path}: a {cfg.get('family')} generator whose model differs from "
+                             f"this recipe's {self.family} in {diff or 'family'}")  # fmt: skip
+        state = load_file(str(src / "generator.safetensors"))
+        G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
     def _load_stage1(self, G):
         p = self.cfg.stage1_checkpoint

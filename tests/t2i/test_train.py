@@ -159,3 +159,23 @@ def test_cli_options_after_overrides(monkeypatch):
     assert seen["recipe"]["train"]["batch_size"] == 8 and seen["recipe"]["model"]["ngf"] == 8
     assert main(["train", "--max-steps", "3", recipe]) == 0 and seen["max_steps"] == 3
     assert main(["train", recipe, "train.nope"]) == 2  # not KEY=VALUE: one-line error, exit 2
+
+
+def test_init_from_starts_g_from_an_export(tmp_path, text_encoder):
+    from safetensors.torch import load_file
+
+    src = _run("stackgan", tmp_path, text_encoder)
+    # One step at lr_g=0: the new run's exported generator weights are exactly the source's (BN statistics move).
+    run = _run("stackgan", tmp_path, text_encoder, [f"train.init_from={src / 'export'}", "train.lr_g=0"], max_steps=1)
+    a, b = (load_file(str(p / "export/generator.safetensors")) for p in (src, run))
+    weights = [k for k in a if "running_" not in k and "num_batches" not in k]
+    assert a.keys() == b.keys() and len(weights) > 10 and all(torch.equal(a[k], b[k]) for k in weights)
+    fresh = load_file(
+        str(_run("stackgan", tmp_path, text_encoder, ["train.lr_g=0"], max_steps=1) / "export/generator.safetensors")
+    )
+    assert not all(torch.equal(a[k], fresh[k]) for k in weights)
+    # An export of another architecture is refused, naming what differs.
+    with pytest.raises(ValueError, match="ngf"):
+        _run("stackgan", tmp_path, text_encoder, [f"train.init_from={src}", "model.ngf=8"], max_steps=0)
+    with pytest.raises(FileNotFoundError):
+        _run("stackgan", tmp_path, text_encoder, [f"train.init_from={tmp_path / 'nowhere'}"], max_steps=0)
