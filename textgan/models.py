@@ -75,7 +75,11 @@ class Generator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Next-token logits for every position of targets x (B, T) -> (B, T, V)."""
         h, _ = self.lstm(self.emb(self.inputs(x)))  # (B, T, H)
-        return self.out(h) + self.logit_mask
+        return self.logits(h.reshape(-1, h.shape[-1])).view(*h.shape[:2], -1)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, H) -> (N, V) with banned tokens at -inf: the mask rides on the bias, one fused addmm, no (N, V) add."""
+        return F.linear(h, self.out.weight, self.out.bias + self.logit_mask)
 
     def token_mask(self, x: torch.Tensor) -> torch.Tensor:
         """1 for real tokens incl. <eos>, 0 for <pad>.  (B, T) float"""
@@ -108,7 +112,7 @@ class Generator(nn.Module):
         """Next tokens (N,) from hidden states (N, H); chunks of rows keep the (chunk, V) logits cache-sized."""
         out = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
         for s in range(0, h.shape[0], chunk):
-            logits = self.out(h[s : s + chunk]) + self.logit_mask
+            logits = self.logits(h[s : s + chunk])
             out[s : s + chunk] = sample_tokens(logits, u[s : s + chunk], temperature, top_k)
         return out
 
