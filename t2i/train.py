@@ -817,7 +817,9 @@ def _cmd_train(args) -> int:
     _add_options(rest)
     rest.add_argument("overrides", nargs="*")
     if args.overrides:
-        rest.parse_intermixed_args(list(args.overrides), namespace=args)
+        parsed = rest.parse_intermixed_args(list(args.overrides))
+        vars(args).update(vars(parsed))
+        args.overrides = getattr(parsed, "overrides", [])  # only options followed: no KEY=VALUE at all
     recipe = load_recipe(args.config, args.overrides)
     run = train(recipe, resume=args.resume, max_steps=args.max_steps, runs_dir=args.runs_dir,
                 progress=not args.no_progress)  # fmt: skip

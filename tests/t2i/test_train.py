@@ -158,6 +158,9 @@ def test_cli_options_after_overrides(monkeypatch):
     assert (seen["max_steps"], seen["resume"]) == (5, "latest")
     assert seen["recipe"]["train"]["batch_size"] == 8 and seen["recipe"]["model"]["ngf"] == 8
     assert main(["train", "--max-steps", "3", recipe]) == 0 and seen["max_steps"] == 3
+    # Only options after the recipe (no KEY=VALUE): they are options, not overrides.
+    assert main(["train", recipe, "--max-steps", "4", "--no-progress"]) == 0
+    assert seen["max_steps"] == 4 and seen["progress"] is False
     assert main(["train", recipe, "train.nope"]) == 2  # not KEY=VALUE: one-line error, exit 2
 
 
