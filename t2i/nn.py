@@ -11,13 +11,15 @@ import torch.nn.functional as F
 class ConditioningAugmentation(nn.Module):
     """StackGAN's CA: sentence (B, D) -> mu, logvar (B, C); c = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
 
-    def __init__(self, text_dim: int, cond_dim: int):
+    def __init__(self, text_dim: int, cond_dim: int, sentence_norm: bool = False):
         super().__init__()
         self.fc = nn.Linear(text_dim, cond_dim * 4)  # GLU halves it: 2 * cond_dim = (mu, logvar)
-        self.cond_dim = cond_dim
+        self.cond_dim, self.sentence_norm = cond_dim, sentence_norm
 
     def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None, eps=None):
         """eps (B, C): the sampling noise, when the caller draws it (pipelines draw it up front per image)."""
+        if self.sentence_norm:  # per-vector zero mean, unit variance (no parameters)
+            sentence = F.layer_norm(sentence, sentence.shape[-1:])
         h = F.glu(self.fc(sentence), dim=1)  # (B, 2C)
         mu, logvar = h[:, : self.cond_dim], h[:, self.cond_dim :]
         if eps is None:
@@ -97,8 +99,10 @@ class StageDiscriminator(nn.Module):
     with respect to it.
     """
 
-    def __init__(self, resolution: int, text_dim: int, ndf: int = 32, cond_proj: int = 64, uncond: bool = True):
+    def __init__(self, resolution: int, text_dim: int, ndf: int = 32, cond_proj: int = 64, uncond: bool = True,
+                 sentence_norm: bool = False):  # fmt: skip
         super().__init__()
+        self.sentence_norm = sentence_norm
         n_down = resolution.bit_length() - 1 - 2  # log2(R) - 2 halvings: R -> 4
         if 2 ** (n_down + 2) != resolution or n_down < 1:
             raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
@@ -117,6 +121,8 @@ class StageDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor, sentence: torch.Tensor):
         """-> (conditional logits (B,), unconditional logits (B,) or None)."""
         h = self.encode(image)  # (B, C, 4, 4)
+        if self.sentence_norm:
+            sentence = F.layer_norm(sentence, sentence.shape[-1:])
         s = self.proj(sentence)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (B, P, 4, 4)
         cond = self.cond_logit(self.joint(torch.cat([h, s], dim=1))).flatten()
         uncond = self.uncond_logit(h).flatten() if self.uncond_logit is not None else None

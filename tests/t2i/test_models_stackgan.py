@@ -44,6 +44,25 @@ def test_conditioning_augmentation_reparameterisation():
     assert torch.allclose(c1, mu + torch.exp(0.5 * logvar) * eps)
 
 
+def test_sentence_norm_standardises_the_text_feature():
+    """With sentence_norm, CA and D see each sentence at zero mean / unit variance: a unit-norm 384-d feature
+    (MiniLM's, ~0.05 per dimension) and the same direction at any scale give the same condition."""
+    from t2i.nn import StageDiscriminator
+
+    torch.manual_seed(0)
+    s = torch.nn.functional.normalize(torch.randn(4, 384), dim=1)
+    ca, raw = ConditioningAugmentation(384, 8, sentence_norm=True), ConditioningAugmentation(384, 8)
+    raw.load_state_dict(ca.state_dict())  # no parameters of its own: old checkpoints load either way
+    eps = torch.randn(4, 8)
+    assert torch.allclose(ca(s, eps=eps)[1], ca(20 * s, eps=eps)[1], atol=2e-3)  # up to LayerNorm eps
+    mu_std = lambda m, x: m(x, eps=eps)[1].std().item()  # noqa: E731
+    assert mu_std(ca, s) > 5 * mu_std(raw, s)  # the raw unit-norm feature barely moves mu at init
+    d = StageDiscriminator(8, 384, ndf=4, sentence_norm=True)
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.allclose(d(x, s)[0], d(x, 20 * s)[0], atol=2e-3)
+    assert StackGANConfig(**TINY).sentence_norm  # the default; bundled pre-norm checkpoints say false
+
+
 def test_stage2_mode_trains_only_stage2():
     G, D = build_stackgan(StackGANConfig(**TINY, train_stage="stage2", stage1_checkpoint="unused"))
     ids = {id(p) for p in G.trainable_parameters()}
