@@ -117,6 +117,22 @@ def _pad_t(a: torch.Tensor, T: int) -> torch.Tensor:
 def export_generator(path, family, generator, model_cfg, text_encoder_name=None, max_length=32,
                      dtype=torch.float16, extra: dict | None = None) -> Path:  # fmt: skip
     """Write config.json + generator.safetensors into `path` atomically (a tmp folder, then renamed into place)."""
+
+    def write(tmp: Path) -> None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
+                 for k, v in generator.state_dict().items()}  # fmt: skip
+        save_file(state, str(tmp / "generator.safetensors"))
+        cfg = {"family": family, "resolution": int(model_cfg.resolution), "model": asdict(model_cfg),
+               "text_encoder": {"name_or_path": text_encoder_name, "max_length": max_length},
+               "dtype": str(dtype).replace("torch.", ""), **(extra or {})}  # fmt: skip
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    return atomic_dir(path, write)
+
+
+def atomic_dir(path, write) -> Path:
+    """write(tmp_dir) into a tmp folder beside `path`, then swap it into place: a killed export never leaves a torn
+    folder, and readers see the old folder or the new one."""
     import os
     import shutil
 
@@ -124,14 +140,7 @@ def export_generator(path, family, generator, model_cfg, text_encoder_name=None,
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {
-        k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu() for k, v in generator.state_dict().items()
-    }
-    save_file(state, str(tmp / "generator.safetensors"))
-    cfg = {"family": family, "resolution": int(model_cfg.resolution), "model": asdict(model_cfg),
-           "text_encoder": {"name_or_path": text_encoder_name, "max_length": max_length},
-           "dtype": str(dtype).replace("torch.", ""), **(extra or {})}  # fmt: skip
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    write(tmp)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)

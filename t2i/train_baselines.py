@@ -10,32 +10,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import shutil
-from pathlib import Path
 
 import torch
+
+from t2i.pipelines import atomic_dir
 
 
 def _from_dict(cls, d: dict, where: str):
     from t2i.train import _from_dict as f
 
     return f(cls, d, where)
-
-
-def _atomic_dir(path: Path, write) -> Path:
-    """write(tmp_dir) into a tmp folder, then swap it into `path` (a killed export never leaves a torn folder)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def _step_generator(seed: int, step: int, rank: int, salt: int) -> torch.Generator:
@@ -122,7 +106,7 @@ class DiffusionFamily(_Base):
             pipe.save_pretrained(tmp, safe_serialization=True)
             (tmp / "train_info.json").write_text(json.dumps({"family": "diffusion", **(extra or {})}, indent=2))
 
-        return _atomic_dir(path, write)
+        return atomic_dir(path, write)
 
     def pipeline(self):
         pipe = self._pipe(copy.deepcopy(self.ema.module).eval())
@@ -230,7 +214,7 @@ class VQGANFamily(_Base):
             info = {"family": "vqgan_autoencoder", "model": dataclasses.asdict(self.cfg), **(extra or {})}
             (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n")
 
-        return _atomic_dir(path, write)
+        return atomic_dir(path, write)
 
     def pipeline(self):
         return _ReconstructionGrid(self)
@@ -322,7 +306,7 @@ class VQPriorFamily(_Base):
             pipe.save_pretrained(tmp)
             (tmp / "train_info.json").write_text(json.dumps({"family": "vqgan", **(extra or {})}, indent=2))
 
-        out = _atomic_dir(path, write)
+        out = atomic_dir(path, write)
         self.frozen["vq"].to(self.acc.device)
         return out
 
