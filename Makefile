@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint format clean demo browser
+.PHONY: install test test-slow lint format clean demo browser checkpoints
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,10 @@ format: $(STAMP)
 # The Gradio demo on the bundled checkpoints: no training, no download. Binds 127.0.0.1 (GRADIO_SERVER_PORT, 7860).
 demo: $(STAMP)
 	$(BIN)/python -m apps
+
+# Retrain the bundled Shapes GAN weights (hours on a CPU; see docs/RESULTS.md for the budgets and the figures).
+checkpoints: $(STAMP)
+	T2I=$(BIN)/t2i PARALLEL=1 configs/t2i/make_shapes_gan_checkpoints.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
