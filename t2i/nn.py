@@ -96,11 +96,14 @@ class StageDiscriminator(nn.Module):
     unconditional logit (StackGAN++/AttnGAN's joint conditional + unconditional terms).
 
     The sentence enters through a linear projection so the matching-aware gradient penalty can differentiate
-    with respect to it.
+    with respect to it. With `projection`, the conditional logit also gets Miyato & Koyama's projection term
+    <embed(sentence), code> / sqrt(dim) over the whole 4x4 code (positions kept): a direct bilinear image-text
+    match, which the concatenation path alone learnt too slowly on Shapes (real/matching and real/mismatched
+    logits still 0.44 vs 0.40 after 2,000 steps).
     """
 
     def __init__(self, resolution: int, text_dim: int, ndf: int = 32, cond_proj: int = 64, uncond: bool = True,
-                 sentence_norm: bool = False):  # fmt: skip
+                 sentence_norm: bool = False, projection: bool = False):  # fmt: skip
         super().__init__()
         self.sentence_norm = sentence_norm
         n_down = resolution.bit_length() - 1 - 2  # log2(R) - 2 halvings: R -> 4
@@ -117,6 +120,7 @@ class StageDiscriminator(nn.Module):
         self.joint = nn.Sequential(nn.Conv2d(c + cond_proj, c, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True))
         self.cond_logit = nn.Conv2d(c, 1, 4, 1, 0)
         self.uncond_logit = nn.Conv2d(c, 1, 4, 1, 0) if uncond else None
+        self.embed = nn.Linear(text_dim, c * 16) if projection else None
 
     def forward(self, image: torch.Tensor, sentence: torch.Tensor):
         """-> (conditional logits (B,), unconditional logits (B,) or None)."""
@@ -125,5 +129,8 @@ class StageDiscriminator(nn.Module):
             sentence = F.layer_norm(sentence, sentence.shape[-1:])
         s = self.proj(sentence)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (B, P, 4, 4)
         cond = self.cond_logit(self.joint(torch.cat([h, s], dim=1))).flatten()
+        if self.embed is not None:
+            code = h.flatten(1)  # (B, C*16)
+            cond = cond + (self.embed(sentence) * code).sum(1) / code.shape[1] ** 0.5
         uncond = self.uncond_logit(h).flatten() if self.uncond_logit is not None else None
         return cond, uncond

@@ -36,6 +36,7 @@ class AttnGANConfig:
     # Standardise the sentence feature (parameter-free LayerNorm) before CA and D. MiniLM's is unit-norm, ~0.04 per
     # dimension: without this the text is ~1% of the CA noise at init and takes thousands of steps to be heard.
     sentence_norm: bool = True
+    d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
     uncond_logits: bool = True
     damsm_checkpoint: str | None = None  # a pretrained DAMSM folder; needed when lambda_damsm > 0
 
@@ -145,7 +146,7 @@ class AttnGANGenerator(nn.Module):
 def build_attngan(cfg: AttnGANConfig):
     """-> (generator, one discriminator per stage)."""
     return AttnGANGenerator(cfg), build_discriminators(
-        cfg.stages, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm
+        cfg.stages, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection
     )
 
 

@@ -35,6 +35,7 @@ class StackGANConfig:
     # Standardise the sentence feature (parameter-free LayerNorm) before CA and D. MiniLM's is unit-norm, ~0.04 per
     # dimension: without this the text is ~1% of the CA noise at init and takes thousands of steps to be heard.
     sentence_norm: bool = True
+    d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
     uncond_logits: bool = True  # discriminators also output an unconditional real/fake logit
     train_stage: str = "joint"  # "joint" or "stage2" (frozen stage I from stage1_checkpoint)
     stage1_checkpoint: str | None = None
@@ -156,17 +157,17 @@ class StackGANGenerator(nn.Module):
 
 
 def build_discriminators(resolutions: list[int], text_dim: int, ndf: int, uncond: bool,
-                         sentence_norm: bool = False) -> nn.ModuleList:  # fmt: skip
+                         sentence_norm: bool = False, projection: bool = False) -> nn.ModuleList:  # fmt: skip
     """One matching-aware discriminator per generator stage."""
-    return nn.ModuleList(StageDiscriminator(r, text_dim, ndf, uncond=uncond, sentence_norm=sentence_norm)
-                         for r in resolutions)  # fmt: skip
+    return nn.ModuleList(StageDiscriminator(r, text_dim, ndf, uncond=uncond, sentence_norm=sentence_norm,
+                                            projection=projection) for r in resolutions)  # fmt: skip
 
 
 def build_stackgan(cfg: StackGANConfig):
     """-> (generator, discriminators); in 'stage2' mode only stage II's discriminator is trained."""
     G = StackGANGenerator(cfg)
     d_res = cfg.d_stage_resolutions if cfg.train_stage == "joint" else [cfg.resolution]
-    D = build_discriminators(d_res, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm)
+    D = build_discriminators(d_res, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection)
     return G, D
 
 

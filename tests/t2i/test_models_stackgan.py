@@ -63,6 +63,24 @@ def test_sentence_norm_standardises_the_text_feature():
     assert StackGANConfig(**TINY).sentence_norm  # the default; bundled pre-norm checkpoints say false
 
 
+def test_projection_term_is_the_scaled_inner_product():
+    from t2i.nn import StageDiscriminator
+
+    torch.manual_seed(0)
+    d = StageDiscriminator(8, 12, ndf=4, projection=True)
+    x, s = torch.randn(3, 3, 8, 8), torch.randn(3, 12)
+    cond, _ = d(x, s)
+    plain = StageDiscriminator(8, 12, ndf=4)
+    plain.load_state_dict({k: v for k, v in d.state_dict().items() if not k.startswith("embed.")})
+    h = d.encode(x).flatten(1)
+    by_hand = torch.stack([h[i] @ d.embed(s[i]) for i in range(3)]) / h.shape[1] ** 0.5
+    assert torch.allclose(cond, plain(x, s)[0] + by_hand, atol=1e-5)
+    # MA-GP differentiates the conditional logit w.r.t. image and sentence through both paths.
+    xs, ss = x.clone().requires_grad_(), s.clone().requires_grad_()
+    gi, gs = torch.autograd.grad(d(xs, ss)[0].sum(), (xs, ss))
+    assert gi.abs().sum() > 0 and gs.abs().sum() > 0
+
+
 def test_stage2_mode_trains_only_stage2():
     G, D = build_stackgan(StackGANConfig(**TINY, train_stage="stage2", stage1_checkpoint="unused"))
     ids = {id(p) for p in G.trainable_parameters()}
