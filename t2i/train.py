@@ -321,13 +321,19 @@ class GANFamily:
         from t2i.models.stackgan import downsample_to
 
         gp = self.t.ma_gp_weight > 0
+        sentence = f.sentence
+        if getattr(self.cfg, "sentence_norm", False):
+            # D standardises the sentence itself (idempotent); hand it over standardised so MA-GP's gradient is taken
+            # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
+            # 6th-power penalty on it kept D from reading the text at all.
+            sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
         imgs, sents, leaves = [], [], []
         for x in fake:
             r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)
-            s = f.sentence.detach().clone().requires_grad_(gp)
+            s = sentence.detach().clone().requires_grad_(gp)
             leaves.append((r, s))
             imgs.append(torch.cat([r, r, x.detach()]))
-            sents.append(torch.cat([s, f.sentence[mis], f.sentence]))
+            sents.append(torch.cat([s, sentence[mis], sentence]))
         outs = self.p["D"](imgs, sents)  # [(cond (3B,), uncond (3B,) | None)]
         out = {"d_adv": 0.0, "d_gp": 0.0}
         for (cond, uncond), (r, s) in zip(outs, leaves):
