@@ -184,7 +184,8 @@ def load_pipeline(path: str | Path, device=None):
     weights = p / "generator.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{p} has a config.json but no generator.safetensors")
-    G, mcfg = build_generator(family, cfg["model"])
+    # Exports written before sentence_norm existed (it then did not exist in the model) lack the key: keep them exact.
+    G, mcfg = build_generator(family, {"sentence_norm": False, **cfg["model"]})
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
     missing, unexpected = G.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -31,3 +31,15 @@ def test_bundled_gan_samples_deterministically(name, text_encoder):
     a = pipe(caps, 2, seed=0)
     assert a.shape == (4, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, pipe(caps, 2, seed=0)) and not torch.equal(a, pipe(caps, 2, seed=1))
+
+
+def test_exports_from_before_sentence_norm_load_without_it(tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "stackgan", old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert cfg["model"].pop("sentence_norm") is True  # today's exports always say
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert load_pipeline(old).generator.cfg.sentence_norm is False
+    assert load_pipeline(ROOT / "stackgan").generator.cfg.sentence_norm is True
