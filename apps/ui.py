@@ -129,3 +129,19 @@ def build_ui(app: DemoApp | None = None, comparison_dir: Path = REPO / "docs" / 
     # A burst of users queues instead of piling up work on the CPU; a full queue turns new requests away.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
+
+
+# Headless Chromium flags for driving the app from a real browser (the browser test, benchmarks/app_screenshot.py).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def launch_local(demo: gr.Blocks) -> str:
+    """Serve `demo` on a free 127.0.0.1 port without blocking (never shared); -> its URL. Close with demo.close()."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    return f"http://127.0.0.1:{port}/"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -81,14 +80,10 @@ def main(argv=None) -> int:
     demo = None
     url = args.url
     if url is None:
-        from apps.ui import build_ui
+        from apps.ui import build_ui, launch_local
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         demo = build_ui()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
-        url = f"http://127.0.0.1:{port}/"
+        url = launch_local(demo)
     try:
         res = run_load(url, args.clients, args.requests, args.models, args.num_images)
     finally:

@@ -10,18 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
-
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv=None) -> int:
@@ -37,20 +27,19 @@ def main(argv=None) -> int:
     from playwright.sync_api import sync_playwright
 
     from apps.demo import DemoApp
-    from apps.ui import build_ui
+    from apps.ui import CHROMIUM_ARGS, build_ui, launch_local
 
     app = DemoApp()
     names = app.zoo.names
     demo = build_ui(app)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    url = launch_local(demo)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=BROWSER_ARGS)
+            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(url, wait_until="networkidle")
             page.get_by_label("Caption (at most 300 characters)").fill(args.caption)
             page.get_by_role("button", name="Generate", exact=True).click()
             want = 4 * len(names)  # 4 images per installed family (the default)

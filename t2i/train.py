@@ -322,7 +322,7 @@ class GANFamily:
 
         gp = self.t.ma_gp_weight > 0
         sentence = f.sentence
-        if getattr(self.cfg, "sentence_norm", False):
+        if self.cfg.sentence_norm:
             # D standardises the sentence itself (idempotent); hand it over standardised so MA-GP's gradient is taken
             # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
             # 6th-power penalty on it kept D from reading the text at all.

@@ -1,26 +1,16 @@
 """The launched app, queried through gradio_client on loopback."""
 
-import socket
-
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_zoo_dirs, tmp_path_factory):
     from apps.demo import DemoApp, ModelZoo
-    from apps.ui import build_ui
+    from apps.ui import build_ui, launch_local
 
     app = DemoApp(ModelZoo(dict(tiny_zoo_dirs)), textgan_root=tmp_path_factory.mktemp("none"))
     demo = build_ui(app, comparison_dir=tmp_path_factory.mktemp("cmp"))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield launch_local(demo)
     demo.close()
 
 
