@@ -1,0 +1,63 @@
+"""Does a GAN checkpoint's discriminator read the caption? Mean logits per stage on one training batch for
+real/matching, real/mismatched and fake/matching pairs (conditional and unconditional), plus the scale of the text
+encoder's sentence and word features. A D that reads the text scores real/mismatched well below real/matching.
+
+    python benchmarks/d_matching.py runs/shapes_stackgan-002 runs/shapes_stackgan-002/checkpoints/step-000250
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder (its config.yaml)")
+    p.add_argument("checkpoint", help="checkpoint folder with G.safetensors and D.safetensors")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--micro-step", type=int, default=7, help="which deterministic training batch")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from t2i.models.stackgan import downsample_to
+    from t2i.text import TextEncoder, default_cache_dir
+    from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict, mismatch_index
+
+    rec = yaml.safe_load(open(f"{args.run}/config.yaml"))
+    tcfg = _from_dict(TrainConfig, rec["train"], "train")
+    tcfg.init_from = None
+    fam = GANFamily(rec["family"], rec["model"], tcfg)
+    G, D = fam.modules["G"], fam.modules["D"]
+    G.load_state_dict(load_file(f"{args.checkpoint}/G.safetensors"))
+    D.load_state_dict(load_file(f"{args.checkpoint}/D.safetensors"))
+    dcfg = _from_dict(DataConfig, rec["data"], "data")
+    enc = TextEncoder(dcfg.text_encoder, max_length=dcfg.max_length, cache_dir=default_cache_dir())
+    batch = Batches(dcfg, args.batch, 0, 1, 0).get(args.micro_step)
+    f = enc.encode(batch["captions"])
+    mis, _ = mismatch_index(batch)
+    words = f.words[f.mask]
+    s_norm, s_std, w_std = f.sentence.norm(dim=1).mean(), f.sentence.std(0).mean(), words.std(0).mean()
+    print(
+        f"sentence feature: norm {s_norm:.3f}, per-dimension std {s_std:.4f}; word features: per-dimension std "
+        f"{w_std:.3f}"
+    )
+    with torch.no_grad():
+        fakes = G(torch.randn(args.batch, fam.cfg.z_dim), f.sentence, f.words, f.mask).images[-D.n :]
+        for i, x in enumerate(fakes):
+            real = downsample_to(batch["image"], x.shape[-1])
+            for name, img, s in [("real/matching", real, f.sentence), ("real/mismatched", real, f.sentence[mis]),
+                                 ("fake/matching", x, f.sentence)]:  # fmt: skip
+                cond, uncond = D.stages[i](img, s)
+                u = f"  uncond {uncond.mean():+.3f}" if uncond is not None else ""
+                res = f"{x.shape[-1]}x{x.shape[-1]}"
+                print(f"stage {i} ({res}) {name:16s} cond {cond.mean():+.3f} +- {cond.std():.3f}{u}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
