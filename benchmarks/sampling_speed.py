@@ -27,7 +27,15 @@ def untrained_pipeline(name: str):
     if name == "Diffusion":
         from t2i.models.diffusion import DiffusionConfig, build_pipeline
 
-        pipe = build_pipeline(DiffusionConfig(**model))
+        vq = None
+        if model.get("autoencoder"):  # latent diffusion: the recipe's autoencoder (trained) decodes
+            from t2i.models.vqgan import load_autoencoder
+
+            vq = load_autoencoder(model["autoencoder"])
+            down = 2 ** (len(vq.config.block_out_channels) - 1)
+            model.update(in_channels=vq.config.latent_channels, resolution=vq.config.sample_size // down,
+                         latent_scale=1.0)  # fmt: skip
+        pipe = build_pipeline(DiffusionConfig(**model), vqvae=vq)
         pipe.set_progress_bar_config(disable=True)
         return pipe
     from t2i.pipelines import T2IPipeline, build_generator

@@ -175,7 +175,8 @@ def load_pipeline(path: str | Path, device=None):
     if (p / "model_index.json").is_file():  # diffusion (#5)
         from t2i.models import diffusion
 
-        pipe = diffusion.T2IDiffusionPipeline.from_pretrained(p)
+        # Weights are stored in fp16 to stay small; sampling runs in float32 (fp16 convolutions crawl on a CPU).
+        pipe = diffusion.T2IDiffusionPipeline.from_pretrained(p, torch_dtype=torch.float32)
         return pipe.to(device) if device is not None else pipe
     cfg = json.loads((p / "config.json").read_text())
     family = cfg.get("family")

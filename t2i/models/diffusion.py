@@ -2,8 +2,9 @@
 
 Training is DDPM (epsilon or v-prediction) with caption dropout, so one network learns both the conditional and the
 unconditional score and classifier-free guidance works at sampling time. Sampling uses DDIM or DPM-Solver with a
-chosen number of steps. The space is pixels by default here; latent diffusion in a VQ/KL autoencoder's space plugs
-in through `vae` once an autoencoder is trained (#5).
+chosen number of steps. With `autoencoder` set (a trained VQGAN stage 1), the UNet works on the autoencoder's
+pre-quantization latents scaled to unit variance (latent diffusion, Rombach et al. 2022: 64x64x3 pixels -> 16x16x4
+here) and the pipeline decodes through the VQ decoder, which snaps the latents to the codebook; without it, pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     UNet2DConditionModel,
+    VQModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -42,6 +44,10 @@ class DiffusionConfig:
     guidance_scale: float = 3.0  # the pipeline's default classifier-free guidance scale
     down_block_types: tuple[str, ...] = field(default=())
     up_block_types: tuple[str, ...] = field(default=())
+    # Latent diffusion: a VQGAN stage-1 run folder or export (or a VQGAN/diffusion bundle holding one). `resolution`
+    # and `in_channels` then describe the latent grid and are set from the autoencoder.
+    autoencoder: str | None = None
+    latent_scale: float = 0.0  # latents are multiplied by this before diffusion; 0: 1/std of 512 training latents
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -118,7 +124,8 @@ def diffusion_loss(
 class T2IDiffusionPipeline(DiffusionPipeline):
     """Caption -> images with classifier-free guidance; the sampling loop is written out in __call__."""
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vqvae"
+    _optional_components = ["vqvae"]
 
     def __init__(
         self,
@@ -128,18 +135,24 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         max_length: int = 32,
         default_steps: int = 25,
         default_guidance: float = 3.0,
+        vqvae: VQModel | None = None,
+        latent_scale: float = 1.0,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae)
         # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
         self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length,
-                                default_steps=default_steps, default_guidance=default_guidance)  # fmt: skip
+                                default_steps=default_steps, default_guidance=default_guidance,
+                                latent_scale=latent_scale)  # fmt: skip
         self._text_encoder = None
 
     family = "diffusion"
 
     @property
     def resolution(self) -> int:
+        """Side of the images it returns (the autoencoder's, for latent diffusion)."""
+        if self.vqvae is not None:
+            return int(self.vqvae.config.sample_size)
         return int(self.unet.config.sample_size)
 
     @property
@@ -185,21 +198,17 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         mask = text_features.mask.repeat_interleave(num_images_per_caption, 0).to(device)
         null = self.text_encoder.encode([""]).to(device) if guidance_scale != 1.0 else None
         generator = torch.Generator("cpu").manual_seed(seed)
-        C, R = self.unet.config.in_channels, self.resolution
+        C, R = self.unet.config.in_channels, int(self.unet.config.sample_size)
         noise = randn_tensor((words.shape[0], C, R, R), generator=generator, dtype=self.unet.dtype)
         out = []
         for i in range(0, words.shape[0], batch_size):
-            out.append(
-                self._sample(
-                    noise[i : i + batch_size].to(device),
-                    words[i : i + batch_size],
-                    mask[i : i + batch_size],
-                    null,
-                    num_inference_steps,
-                    guidance_scale,
-                    generator,
-                )  # fmt: skip
-            )
+            sl = slice(i, i + batch_size)
+            x = self._sample(noise[sl].to(device), words[sl], mask[sl], null, num_inference_steps, guidance_scale,
+                             generator)  # fmt: skip
+            if self.vqvae is not None:
+                # Undo the scaling; decode() quantizes to the codebook first (force_not_quantize=False), as LDM does.
+                x = self.vqvae.decode(x.to(self.vqvae.dtype) / self.config.latent_scale).sample
+            out.append(x)
         return torch.cat(out).clamp(-1, 1).float().cpu()
 
     def _sample(self, x, words, mask, null, steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
@@ -236,11 +245,16 @@ def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.
     return F.pad(words, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
 
 
-def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None):
-    """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule."""
+def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None,
+                   vqvae: VQModel | None = None):  # fmt: skip
+    """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule;
+    with `vqvae`, a latent-diffusion pipeline that decodes through it (cfg.latent_scale must then be set)."""
     sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
+    if vqvae is not None and not cfg.latent_scale > 0:
+        raise ValueError("latent diffusion needs cfg.latent_scale > 0 (the family measures it from the data)")
     return T2IDiffusionPipeline(unet if unet is not None else build_unet(cfg), sched, text_encoder_name, max_length,
-                                cfg.sample_steps, cfg.guidance_scale)  # fmt: skip
+                                cfg.sample_steps, cfg.guidance_scale, vqvae,
+                                cfg.latent_scale if vqvae is not None else 1.0)  # fmt: skip
 
 
 def config_dict(cfg: DiffusionConfig) -> dict:

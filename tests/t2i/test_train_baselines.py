@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.size=16", "data.length=16", "train.batch_size=4", "train.checkpoint_every=2", "train.sample_every=2",
         "train.eval_every=0", "train.export_dtype=float32", "train.num_threads=0"]  # fmt: skip
 TINY = {
-    "diffusion": ["model.resolution=16", "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
+    "diffusion": ["model.autoencoder=null", "model.resolution=16", "model.in_channels=3",
+                  "model.block_out_channels=[8,16]", "model.norm_num_groups=4",
                   "model.attention_head_dim=4", "model.sample_steps=2"],
     "vqgan": ["model.resolution=16", "model.block_out_channels=[16,32]", "model.latent_channels=8",
               "model.num_codes=32", "model.norm_num_groups=8", "model.disc_channels=8", "model.disc_layers=2",
@@ -76,3 +77,49 @@ def test_diffusion_resume_continues(tmp_path, text_encoder):
     assert run2 == run and (run / "checkpoints/step-000004").is_dir()
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "train.log").read_text().splitlines()]
     assert steps[-1] == 4
+
+
+def test_latent_diffusion_on_a_vqgan_autoencoder(tmp_path, text_encoder):
+    """VQGAN stage 1 -> latent diffusion on its 8x8 latents -> a pipeline that decodes to 16x16 and reloads exactly."""
+    ae = _run("vqgan", tmp_path, text_encoder)
+    run = _run("diffusion", tmp_path, text_encoder, [f"model.autoencoder={ae}", "model.block_out_channels=[16,16]",
+                                                     "model.norm_num_groups=8"])  # fmt: skip
+    export = run / "export"
+    assert (export / "vqvae/config.json").is_file() and (export / "unet/config.json").is_file()
+    pipe = load_pipeline(run)
+    pipe.set_text_encoder(text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vqvae is not None and pipe.unet.config.sample_size == 8 and pipe.unet.config.in_channels == 8
+    assert pipe.resolution == 16 and pipe.config.latent_scale > 0
+    a = pipe(["a red circle"], 2, seed=3)
+    assert a.shape == (2, 3, 16, 16) and a.abs().max() <= 1
+    again = load_pipeline(export)
+    again.set_text_encoder(text_encoder)
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(a, again(["a red circle"], 2, seed=3))
+
+
+def test_latent_cache_equals_fresh_encoding(tmp_path, text_encoder):
+    """The per-index latent cache hands the UNet exactly what encoding the batch again would (times the scale)."""
+    ae = _run("vqgan", tmp_path, text_encoder)
+    recipe = T.load_recipe(ROOT / "configs/t2i/shapes_diffusion.yaml", DATA + TINY["diffusion"] + [
+        f"model.autoencoder={ae}", "model.block_out_channels=[16,16]", "model.norm_num_groups=8"])  # fmt: skip
+    dcfg = T._from_dict(T.DataConfig, recipe["data"], "data")
+    tcfg = T._from_dict(T.TrainConfig, recipe["train"], "train")
+    fam = BASELINE_FAMILIES["diffusion"]("diffusion", dict(recipe["model"]), tcfg)
+    fam.data_cfg = dcfg
+
+    class Acc:
+        device = torch.device("cpu")
+        process_index = 0
+
+    fam.bind(Acc(), text_encoder, dict(fam.modules))
+    batches = T.Batches(dcfg, 4, 0, 1, 0)
+    b = batches.get(0)
+    first = fam._x0(b)
+    assert len(fam._latents) == 4
+    again = fam._x0(b)  # served from the cache
+    with torch.no_grad():
+        fresh = fam.vq.encode(b["image"]).latents * fam.cfg.latent_scale
+    assert torch.equal(first, again) and torch.allclose(first, fresh, atol=1e-6)
+    assert 0.2 < float(first.std()) < 5  # scaled towards unit variance
