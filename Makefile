@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint format clean demo browser checkpoints
+.PHONY: install test test-slow lint format clean demo browser checkpoints baseline-checkpoints
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,10 @@ demo: $(STAMP)
 # Retrain the bundled Shapes GAN weights (hours on a CPU; see docs/RESULTS.md for the budgets and the figures).
 checkpoints: $(STAMP)
 	T2I=$(BIN)/t2i PARALLEL=1 configs/t2i/make_shapes_gan_checkpoints.sh
+
+# The VQGAN and latent-diffusion baselines (#5): VQ autoencoder, then prior and diffusion side by side.
+baseline-checkpoints: $(STAMP)
+	T2I=$(BIN)/t2i PARALLEL=1 configs/t2i/make_shapes_baseline_checkpoints.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -46,9 +46,12 @@ class _Base:
         return drop_captions(batch["captions"], p, _step_generator(self.t.seed, step, self.acc.process_index, 7))
 
     def _make_ema(self, module):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(self.t.ema_decay), use_buffers=True)
+        from t2i.train import ema_with_warmup
+
+        # The GANs' EMA with warm-up: a CPU-sized run's EMA is not still mostly its random initialisation.
+        ema = AveragedModel(module, avg_fn=ema_with_warmup(self.t.ema_decay), use_buffers=True)
         return ema.requires_grad_(False)
 
     def after_step(self, step):
@@ -77,6 +80,15 @@ class DiffusionFamily(_Base):
 
         self.family, self.t = family, tcfg
         self.cfg = _from_dict(DiffusionConfig, model_cfg, "model")
+        self.vq, self._latents = None, {}
+        if self.cfg.autoencoder:
+            from t2i.models.vqgan import load_autoencoder
+
+            # Latent diffusion: the UNet's grid is the autoencoder's latent grid.
+            self.vq = load_autoencoder(self.cfg.autoencoder)
+            self.frozen = {"vq": self.vq}
+            self.cfg.in_channels = self.vq.config.latent_channels
+            self.cfg.resolution = self.vq.config.sample_size // 2 ** (len(self.vq.config.block_out_channels) - 1)
         unet = build_unet(self.cfg)
         self.noise_scheduler = build_noise_scheduler(self.cfg)
         self.modules = {"unet": unet}
@@ -84,11 +96,41 @@ class DiffusionFamily(_Base):
         self.ema = self._make_ema(unet)
         self.phases = [Phase("diffusion", self.step, "unet", 1, ["unet"])]
 
+    def bind(self, accelerator, encoder, prepared):
+        super().bind(accelerator, encoder, prepared)
+        if self.vq is not None and not self.cfg.latent_scale > 0:
+            # LDM's scale factor: 1 / std of the latents, measured once on the first 512 training images. It is a
+            # pure function of the frozen autoencoder and the data, so a resumed run (or every rank) gets the same.
+            from t2i.data.dataset import load_dataset
+
+            d = self.data_cfg
+            ds = load_dataset(d.dataset, d.split, d.size, min(d.length or 512, 512), d.seed)
+            x = torch.stack([ds[i].image for i in range(min(len(ds), 512))])
+            with torch.no_grad():
+                z = torch.cat([self.vq.encode(c.to(self.acc.device)).latents for c in x.split(64)])
+            self.cfg.latent_scale = float(1.0 / z.float().std())
+
+    def _x0(self, batch) -> torch.Tensor:
+        """The batch's diffusion targets: pixels, or the (scaled) autoencoder latents of its images.
+
+        Latents are encoded once per training image and cached by dataset index (the loop serves every index
+        the same image: no augmentation), so after the first epoch a step costs the UNet alone."""
+        if self.vq is None:
+            return batch["image"].to(self.acc.device)
+        idx = [int(i) for i in batch["index"]]
+        todo = [j for j, i in enumerate(idx) if i not in self._latents]
+        if todo:
+            with torch.no_grad():
+                z = self.vq.encode(batch["image"][todo].to(self.acc.device)).latents
+            for j, zj in zip(todo, z):
+                self._latents[idx[j]] = zj
+        return torch.stack([self._latents[i] for i in idx]) * self.cfg.latent_scale
+
     def step(self, batch, step):
         from t2i.models.diffusion import diffusion_loss
 
         f = self._features(self._dropped(batch, step, self.cfg.caption_dropout))
-        x0 = batch["image"].to(self.acc.device)
+        x0 = self._x0(batch)
         g = _step_generator(self.t.seed, step, self.acc.process_index, 3)
         loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g)
         return {"mse": loss, "loss": loss}
@@ -96,7 +138,8 @@ class DiffusionFamily(_Base):
     def _pipe(self, unet):
         from t2i.models.diffusion import build_pipeline
 
-        return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet)
+        vq = None if self.vq is None else copy.deepcopy(self.vq).to(unet.device, unet.dtype)
+        return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet, vqvae=vq)
 
     def export(self, path, dtype, extra=None):
         unet = copy.deepcopy(self.ema.module).to("cpu", dtype)
@@ -120,10 +163,14 @@ class DiffusionFamily(_Base):
 
 
 def perceptual_from_evaluator(path=None, device="cpu"):
-    """An LPIPS-like distance on the conv activations of #4's attribute recognizer (offline, trained on Shapes).
+    """A feature-matching distance on the conv activations of #4's attribute recogniser (offline, trained on Shapes):
+    the mean squared difference of the activations after every SiLU, averaged over stages.
 
-    Each stage's activations are unit-normalised over channels, squared differences are averaged over space and
-    summed over stages. Note: FID/KID use the same network's final features, so report FID with that in mind.
+    The recogniser's features are what tells colours, shapes and sizes apart, which plain L1 (dominated by the flat
+    background: the objects are 5-15% of the pixels) neglects. LPIPS' per-location unit normalisation is not used:
+    on the near-flat early reconstructions it divides by near-zero activations and the gradients blew up (L1 stuck
+    at 0.51 after 140 steps vs 0.05 without the term). Note: attribute accuracy and FID use the same network, so an
+    autoencoder trained with this term is matched to the judge's features; the README of any bundle says so.
     """
     from t2i.metrics.networks import load_evaluator
 
@@ -131,16 +178,21 @@ def perceptual_from_evaluator(path=None, device="cpu"):
 
     def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         conv.to(x.device)
-        d, hx, hy = 0.0, x, y
+        d, n, hx, hy = 0.0, 0, x, y
         for layer in conv:
             hx, hy = layer(hx), layer(hy)
             if isinstance(layer, torch.nn.SiLU):
-                nx = hx / (hx.pow(2).sum(1, keepdim=True).sqrt() + 1e-8)
-                ny = hy / (hy.pow(2).sum(1, keepdim=True).sqrt() + 1e-8)
-                d = d + (nx - ny).pow(2).sum(1).mean()
-        return d
+                d, n = d + (hx - hy).pow(2).mean(), n + 1
+        return d / max(n, 1)
 
     return distance
+
+
+def _codebook_groups(vq, lr: float, mult: float) -> list[dict]:
+    """Adam parameter groups: the codebook at lr * mult, everything else at lr."""
+    book = vq.quantize.embedding.weight
+    rest = [p for p in vq.parameters() if p is not book]
+    return [{"params": rest, "lr": lr}, {"params": [book], "lr": lr * mult}]
 
 
 class VQGANFamily(_Base):
@@ -160,7 +212,7 @@ class VQGANFamily(_Base):
         self.modules = {"vq": vq, "disc": disc}
         betas = tuple(tcfg.betas)
         self.optimizers = {
-            "vq": torch.optim.Adam(vq.parameters(), lr=tcfg.lr_g, betas=betas),
+            "vq": torch.optim.Adam(_codebook_groups(vq, tcfg.lr_g, self.cfg.codebook_lr_mult), betas=betas),
             "disc": torch.optim.Adam(disc.parameters(), lr=tcfg.lr_d, betas=betas),
         }
         self.usage = CodeUsage(self.cfg.num_codes, self.cfg.revive_after)
@@ -252,24 +304,17 @@ class VQPriorFamily(_Base):
     trained = "prior"
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
-        from diffusers import VQModel
-
-        from t2i.models.vqgan import CodePrior
-        from t2i.pipelines import resolve_checkpoint
+        from t2i.models.vqgan import CodePrior, load_autoencoder
         from t2i.train import Phase
 
         self.family, self.t = family, tcfg
         cfg = dict(model_cfg)
         ae = cfg.pop("autoencoder", None)
         self.caption_dropout = float(cfg.pop("caption_dropout", 0.1))
+        self.sampling = dict(cfg.pop("sampling", None) or {})  # the exported pipeline's default sampling settings
         if not ae:
             raise ValueError("model.autoencoder must name a trained VQGAN autoencoder (run folder or export)")
-        root = resolve_checkpoint(ae)
-        vq_dir = root / "vqmodel"
-        if not vq_dir.is_dir():
-            raise ValueError(f"{root} holds no vqmodel/ folder: train configs/t2i/shapes_vqgan.yaml first")
-        vq = VQModel.from_pretrained(vq_dir, local_files_only=True).eval().requires_grad_(False)
-        vq.quantize.legacy = False
+        vq = load_autoencoder(ae)
         self.autoencoder_path = str(ae)
         side = vq.config.sample_size // 2 ** (len(vq.config.block_out_channels) - 1)
         cfg.setdefault("num_codes", vq.config.num_vq_embeddings)
@@ -284,11 +329,24 @@ class VQPriorFamily(_Base):
         self.ema = self._make_ema(prior)
         self.phases = [Phase("prior", self.step, "prior", 1, ["prior"])]
 
-    def step(self, batch, step):
-        from t2i.models.vqgan import prior_loss, vq_encode
+    def _codes(self, batch) -> torch.Tensor:
+        """(B, h, w) code indices of the batch's images, encoded once per training image and cached by index."""
+        from t2i.models.vqgan import vq_encode
 
-        with torch.no_grad():
-            idx = vq_encode(self.frozen["vq"], batch["image"].to(self.acc.device)).indices  # (B, h, w)
+        cache = self.__dict__.setdefault("_code_cache", {})
+        ids = [int(i) for i in batch["index"]]
+        todo = [j for j, i in enumerate(ids) if i not in cache]
+        if todo:
+            with torch.no_grad():
+                codes = vq_encode(self.frozen["vq"], batch["image"][todo].to(self.acc.device)).indices
+            for j, c in zip(todo, codes):
+                cache[ids[j]] = c
+        return torch.stack([cache[i] for i in ids])
+
+    def step(self, batch, step):
+        from t2i.models.vqgan import prior_loss
+
+        idx = self._codes(batch)  # (B, h, w)
         f = self._features(self._dropped(batch, step, self.caption_dropout))
         loss = prior_loss(self.p["prior"], idx, f.words, f.mask)  # through DDP's forward: gradients sync
         return {"ce": loss, "loss": loss}
@@ -296,7 +354,8 @@ class VQPriorFamily(_Base):
     def _pipe(self, prior):
         from t2i.models.vqgan import VQGANPipeline
 
-        return VQGANPipeline(self.frozen["vq"], prior.eval(), self.data_cfg.text_encoder, self.data_cfg.max_length)
+        return VQGANPipeline(self.frozen["vq"], prior.eval(), self.data_cfg.text_encoder, self.data_cfg.max_length,
+                             self.sampling)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
         pipe = self._pipe(copy.deepcopy(self.ema.module).to("cpu"))

@@ -42,6 +42,9 @@ class VQGANConfig:
     disc_weight: float = 0.8
     perceptual_weight: float = 1.0
     revive_after: int = 200  # a code unused for this many steps is re-seeded from the batch
+    # The codebook learns only through ||sg(z) - e||^2; under Adam every entry moves at most ~lr per step, too slow to
+    # follow the encoder early on, and codes of similar inputs merge. A larger learning rate for it keeps up.
+    codebook_lr_mult: float = 1.0
 
     @property
     def code_size(self) -> int:
@@ -68,6 +71,24 @@ def build_vqmodel(cfg: VQGANConfig) -> VQModel:
     model.quantize.legacy = False
     model.quantize.beta = cfg.beta
     return model
+
+
+def load_autoencoder(path) -> VQModel:
+    """A frozen VQ autoencoder from a VQGAN stage-1 run folder or export (vqmodel/), a VQGAN bundle (vqmodel/) or a
+    latent-diffusion bundle (vqvae/), in float32 and eval mode."""
+    from t2i.pipelines import resolve_checkpoint
+
+    p = Path(path)
+    repo = Path(__file__).resolve().parents[2]
+    if not p.is_absolute() and not p.exists() and (repo / p).exists():
+        p = repo / p  # recipes name bundled folders relative to the repository (checkpoints/shapes64/...)
+    root = resolve_checkpoint(p)
+    for sub in ("vqmodel", "vqvae"):
+        if (root / sub / "config.json").is_file():
+            vq = VQModel.from_pretrained(root / sub, local_files_only=True, torch_dtype=torch.float32)
+            vq.quantize.legacy = False
+            return vq.eval().requires_grad_(False)
+    raise ValueError(f"{root} holds no vqmodel/ (or vqvae/) folder: train configs/t2i/shapes_vqgan.yaml first")
 
 
 @dataclass
@@ -321,11 +342,19 @@ class VQGANPipeline:
 
     family = "vqgan"
 
-    def __init__(self, vqmodel: VQModel, prior: CodePrior, text_encoder_name: str | None = None, max_length: int = 32):
+    # What a call without sampling arguments uses; save_pretrained stores them, so a bundle carries its tuned values.
+    DEFAULT_SAMPLING = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+    def __init__(self, vqmodel: VQModel, prior: CodePrior, text_encoder_name: str | None = None, max_length: int = 32,
+                 sampling: dict | None = None):  # fmt: skip
         self.vqmodel = vqmodel.eval()
         self.prior = prior.eval()
         self.text_encoder_name = text_encoder_name
         self.max_length = max_length
+        unknown = set(sampling or {}) - set(self.DEFAULT_SAMPLING)
+        if unknown:
+            raise ValueError(f"unknown sampling settings {sorted(unknown)}; known: {sorted(self.DEFAULT_SAMPLING)}")
+        self.sampling = {**self.DEFAULT_SAMPLING, **(sampling or {})}
         self._text_encoder = None
 
     @property
@@ -355,14 +384,21 @@ class VQGANPipeline:
         num_images_per_caption: int = 1,
         seed: int = 0,
         batch_size: int = 64,
-        guidance_scale: float = 1.0,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> torch.Tensor:
-        """(len(captions) * k, 3, R, R) in [-1, 1], caption-major; the same seed gives the same images."""
+        """(len(captions) * k, 3, R, R) in [-1, 1], caption-major; the same seed gives the same images.
+
+        Sampling settings left as None take the pipeline's saved defaults (`self.sampling`)."""
         if isinstance(captions, str):
             captions = [captions]
+        s = self.sampling
+        guidance_scale = float(s["guidance_scale"] if guidance_scale is None else guidance_scale)
+        temperature = float(s["temperature"] if temperature is None else temperature)
+        top_k = int(s["top_k"] if top_k is None else top_k)
+        top_p = float(s["top_p"] if top_p is None else top_p)
         device = next(self.prior.parameters()).device
         f = self.text_encoder.encode(list(captions)).to(device)
         words = f.words.repeat_interleave(num_images_per_caption, 0)
@@ -381,7 +417,8 @@ class VQGANPipeline:
         path = Path(path)
         self.vqmodel.save_pretrained(path / "vqmodel")
         self.prior.save_pretrained(path / "prior")
-        meta = {"family": "vqgan", "text_encoder_name": self.text_encoder_name, "max_length": self.max_length}
+        meta = {"family": "vqgan", "text_encoder_name": self.text_encoder_name, "max_length": self.max_length,
+                "sampling": self.sampling}  # fmt: skip
         (path / "pipeline.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -391,4 +428,4 @@ class VQGANPipeline:
         vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True)
         vq.quantize.legacy = False
         prior = CodePrior.from_pretrained(path / "prior", local_files_only=True)
-        return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32))
+        return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32), meta.get("sampling"))

@@ -170,3 +170,18 @@ def test_prior_loss_trains_and_pipeline_round_trip(tiny_pipe, tmp_path, text_enc
     loaded = VQGANPipeline.from_pretrained(tmp_path / "vq")
     loaded.set_text_encoder(text_encoder)
     assert torch.equal(loaded(["a red circle"], num_images_per_caption=2, seed=7), before)
+
+
+def test_pipeline_sampling_defaults_round_trip(tmp_path):
+    """Saved sampling settings are what a bare call uses after reloading; unknown keys are refused by name."""
+    from t2i.models.vqgan import VQGANConfig
+
+    cfg = VQGANConfig(resolution=16, block_out_channels=(8, 8), latent_channels=4, num_codes=16, norm_num_groups=4,
+                      mid_attention=False)  # fmt: skip
+    prior = CodePrior(num_codes=16, seq_len=64, n_embd=16, n_layer=1, n_head=2)
+    pipe = VQGANPipeline(build_vqmodel(cfg), prior, sampling={"guidance_scale": 2.0, "top_k": 5})
+    pipe.save_pretrained(tmp_path / "p")
+    again = VQGANPipeline.from_pretrained(tmp_path / "p")
+    assert again.sampling == {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 5, "top_p": 1.0}
+    with pytest.raises(ValueError, match="unknown sampling settings.*'topk'"):
+        VQGANPipeline(build_vqmodel(cfg), prior, sampling={"topk": 5})

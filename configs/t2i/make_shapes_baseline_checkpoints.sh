@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Rebuild the bundled baselines checkpoints/shapes64/{vqgan,diffusion} (#5): train the VQGAN autoencoder (stage 1),
+# then the text-conditioned code prior (stage 2) and the latent diffusion model on that autoencoder's latents, and
+# copy the exports into checkpoints/. `make baseline-checkpoints` runs this.
+# Budgets (optimizer steps) default to what the bundled weights got on the 2-core CPU (docs/RESULTS.md); the recipes'
+# own max_steps are what a GPU or a night of CPU should use:
+#   VQGAN_STEPS=2500 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
+# The prior and the diffusion model are independent once stage 1 exists: PARALLEL=1 runs them side by side.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+T2I=${T2I:-.venv/bin/t2i}
+OUT=${OUT:-checkpoints/shapes64}
+LOGS=${LOGS:-runs/make-baseline-checkpoints}
+mkdir -p "$LOGS"
+run_of() { sed -n 's/^run folder: \([^ ]*\).*/\1/p' "$1" | tail -n1; }
+
+$T2I data encode shapes --num 10000            # pre-encode the training captions once (cached on disk)
+$T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-2500}" --no-progress > "$LOGS/vqgan.out"
+AE=$(run_of "$LOGS/vqgan.out")
+
+prior() {
+  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-1500}" \
+    --no-progress > "$LOGS/vq_prior.out"
+}
+diffusion() {
+  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" --max-steps "${DIFFUSION_STEPS:-6000}" \
+    --no-progress > "$LOGS/diffusion.out"
+}
+if [ "${PARALLEL:-0}" = 1 ]; then
+  prior & p=$!; diffusion & d=$!; wait "$p"; wait "$d"
+else
+  prior; diffusion
+fi
+# The VQGAN bundle is the prior's export (autoencoder + prior); the diffusion export carries the autoencoder too.
+for pair in vqgan:vq_prior diffusion:diffusion; do
+  m=${pair%%:*}; log=${pair##*:}
+  rm -rf "${OUT:?}/$m"
+  cp -r "$(run_of "$LOGS/$log.out")/export" "$OUT/$m"
+  du -sh "$OUT/$m"
+done
