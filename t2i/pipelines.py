@@ -176,7 +176,8 @@ def load_pipeline(path: str | Path, device=None):
         from t2i.models import diffusion
 
         # Weights are stored in fp16 to stay small; sampling runs in float32 (fp16 convolutions crawl on a CPU).
-        pipe = diffusion.T2IDiffusionPipeline.from_pretrained(p, torch_dtype=torch.float32)
+        pipe = diffusion.T2IDiffusionPipeline.from_pretrained(p).to(torch.float32)
+        pipe.set_progress_bar_config(disable=True)  # callers (eval, apps, sample) show their own progress
         return pipe.to(device) if device is not None else pipe
     cfg = json.loads((p / "config.json").read_text())
     family = cfg.get("family")

@@ -358,16 +358,15 @@ class VQPriorFamily(_Base):
                              self.sampling)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
-        pipe = self._pipe(copy.deepcopy(self.ema.module).to("cpu"))
+        # Stored in the export dtype (fp16 by default: the bundle limit), loaded back in float32.
+        pipe = self._pipe(copy.deepcopy(self.ema.module).to("cpu", dtype))
+        pipe.vqmodel = copy.deepcopy(self.frozen["vq"]).to("cpu", dtype)
 
         def write(tmp):
-            pipe.vqmodel.to("cpu")
             pipe.save_pretrained(tmp)
             (tmp / "train_info.json").write_text(json.dumps({"family": "vqgan", **(extra or {})}, indent=2))
 
-        out = atomic_dir(path, write)
-        self.frozen["vq"].to(self.acc.device)
-        return out
+        return atomic_dir(path, write)
 
     def pipeline(self):
         pipe = self._pipe(copy.deepcopy(self.ema.module))

@@ -4,7 +4,7 @@
 # copy the exports into checkpoints/. `make baseline-checkpoints` runs this.
 # Budgets (optimizer steps) default to what the bundled weights got on the 2-core CPU (docs/RESULTS.md); the recipes'
 # own max_steps are what a GPU or a night of CPU should use:
-#   VQGAN_STEPS=2500 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
+#   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
 # The prior and the diffusion model are independent once stage 1 exists: PARALLEL=1 runs them side by side.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +16,7 @@ mkdir -p "$LOGS"
 run_of() { sed -n 's/^run folder: \([^ ]*\).*/\1/p' "$1" | tail -n1; }
 
 $T2I data encode shapes --num 10000            # pre-encode the training captions once (cached on disk)
-$T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-2500}" --no-progress > "$LOGS/vqgan.out"
+$T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-1500}" --no-progress > "$LOGS/vqgan.out"
 AE=$(run_of "$LOGS/vqgan.out")
 
 prior() {
@@ -24,7 +24,7 @@ prior() {
     --no-progress > "$LOGS/vq_prior.out"
 }
 diffusion() {
-  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" --max-steps "${DIFFUSION_STEPS:-6000}" \
+  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" --max-steps "${DIFFUSION_STEPS:-14000}" \
     --no-progress > "$LOGS/diffusion.out"
 }
 if [ "${PARALLEL:-0}" = 1 ]; then

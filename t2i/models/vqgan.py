@@ -85,7 +85,7 @@ def load_autoencoder(path) -> VQModel:
     root = resolve_checkpoint(p)
     for sub in ("vqmodel", "vqvae"):
         if (root / sub / "config.json").is_file():
-            vq = VQModel.from_pretrained(root / sub, local_files_only=True, torch_dtype=torch.float32)
+            vq = VQModel.from_pretrained(root / sub, local_files_only=True).float()
             vq.quantize.legacy = False
             return vq.eval().requires_grad_(False)
     raise ValueError(f"{root} holds no vqmodel/ (or vqvae/) folder: train configs/t2i/shapes_vqgan.yaml first")
@@ -254,13 +254,19 @@ class CodePrior(ModelMixin, ConfigMixin):
 
     def forward(self, codes: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, past_key_values=None):
         """codes (B, L) input tokens (BOS first); words (B, T, D_text); mask (B, T) -> GPT-2 output (logits)."""
-        return self.gpt(
-            input_ids=codes,
-            encoder_hidden_states=self.text_proj(words),
-            encoder_attention_mask=mask.long(),
-            past_key_values=past_key_values,
-            use_cache=past_key_values is not None or not self.training,
-        )
+        import warnings
+
+        with warnings.catch_warnings():
+            # transformers 5.x renames the KV-cache argument and warns on every decoding step; the name used here
+            # is still accepted throughout the supported range.
+            warnings.simplefilter("ignore", FutureWarning)
+            return self.gpt(
+                input_ids=codes,
+                encoder_hidden_states=self.text_proj(words),
+                encoder_attention_mask=mask.long(),
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None or not self.training,
+            )
 
     def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Next-code cross-entropy. indices (B, h, w) from the autoencoder."""
@@ -425,7 +431,8 @@ class VQGANPipeline:
     def from_pretrained(cls, path) -> VQGANPipeline:
         path = Path(path)
         meta = json.loads((path / "pipeline.json").read_text())
-        vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True)
+        # Bundles store fp16 weights; sampling runs in float32 (fp16 crawls on a CPU).
+        vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True).float()
         vq.quantize.legacy = False
-        prior = CodePrior.from_pretrained(path / "prior", local_files_only=True)
+        prior = CodePrior.from_pretrained(path / "prior", local_files_only=True).float()
         return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32), meta.get("sampling"))

@@ -43,3 +43,27 @@ def test_exports_from_before_sentence_norm_load_without_it(tmp_path):
     (old / "config.json").write_text(json.dumps(cfg))
     assert load_pipeline(old).generator.cfg.sentence_norm is False
     assert load_pipeline(ROOT / "stackgan").generator.cfg.sentence_norm is True
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("name", ["vqgan", "diffusion"])
+def test_bundled_baseline_is_small_safetensors_and_samples_deterministically(name, text_encoder):
+    folder = ROOT / name
+    assert folder.is_dir(), f"{folder} is missing (make baseline-checkpoints)"
+    assert _tree_size(folder) <= LIMIT, f"{folder} is {_tree_size(folder) / 2**20:.1f} MB"
+    assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    assert (folder / "README.md").is_file()
+    pipe = load_pipeline(folder)
+    pipe.set_text_encoder(text_encoder)
+    if name == "diffusion":
+        pipe.set_progress_bar_config(disable=True)
+        assert pipe.vqvae is not None  # latent diffusion: decodes through the bundled autoencoder
+    assert pipe.family == name and pipe.resolution == 64
+    caps = ["a large red circle in the center"]
+    kw = {"num_inference_steps": 4} if name == "diffusion" else {}
+    a = pipe(caps, 2, seed=0, **kw)
+    assert a.shape == (2, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, pipe(caps, 2, seed=0, **kw)) and not torch.equal(a, pipe(caps, 2, seed=1, **kw))
