@@ -102,8 +102,8 @@ def build_ui(app: DemoApp | None = None, comparison_dir: Path = REPO / "docs" / 
                 gr.Markdown(report.read_text())
             else:
                 gr.Markdown(
-                    "No comparison report yet: run `t2i compare checkpoints/shapes64/stackgan "
-                    "checkpoints/shapes64/attngan --out docs/comparison`."
+                    "No comparison report yet: run `t2i compare checkpoints/shapes64/{stackgan,attngan,vqgan,"
+                    "diffusion} --out docs/comparison`."
                 )
             for png in (
                 [grid, *sorted(p for p in comparison_dir.glob("*.png") if p != grid)]
