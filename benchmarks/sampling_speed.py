@@ -29,12 +29,10 @@ def untrained_pipeline(name: str):
 
         vq = None
         if model.get("autoencoder"):  # latent diffusion: the recipe's autoencoder (trained) decodes
-            from t2i.models.vqgan import load_autoencoder
+            from t2i.models.vqgan import latent_side, load_autoencoder
 
             vq = load_autoencoder(model["autoencoder"])
-            down = 2 ** (len(vq.config.block_out_channels) - 1)
-            model.update(in_channels=vq.config.latent_channels, resolution=vq.config.sample_size // down,
-                         latent_scale=1.0)  # fmt: skip
+            model.update(in_channels=vq.config.latent_channels, resolution=latent_side(vq), latent_scale=1.0)
         pipe = build_pipeline(DiffusionConfig(**model), vqvae=vq)
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -54,6 +54,20 @@ class _Base:
         ema = AveragedModel(module, avg_fn=ema_with_warmup(self.t.ema_decay), use_buffers=True)
         return ema.requires_grad_(False)
 
+    def _per_image(self, cache: dict, batch, encode) -> torch.Tensor:
+        """encode(images) for the batch, computed once per training image and cached by dataset index.
+
+        The loop serves every index the same image (no augmentation), so after the first epoch a step pays nothing
+        for the frozen encoder."""
+        ids = [int(i) for i in batch["index"]]
+        todo = [j for j, i in enumerate(ids) if i not in cache]
+        if todo:
+            with torch.no_grad():
+                out = encode(batch["image"][todo].to(self.acc.device))
+            for j, o in zip(todo, out):
+                cache[ids[j]] = o
+        return torch.stack([cache[i] for i in ids])
+
     def after_step(self, step):
         if self.ema is not None:
             self.ema.update_parameters(self.acc.unwrap_model(self.p[self.trained]))
@@ -82,13 +96,13 @@ class DiffusionFamily(_Base):
         self.cfg = _from_dict(DiffusionConfig, model_cfg, "model")
         self.vq, self._latents = None, {}
         if self.cfg.autoencoder:
-            from t2i.models.vqgan import load_autoencoder
+            from t2i.models.vqgan import latent_side, load_autoencoder
 
             # Latent diffusion: the UNet's grid is the autoencoder's latent grid.
             self.vq = load_autoencoder(self.cfg.autoencoder)
             self.frozen = {"vq": self.vq}
             self.cfg.in_channels = self.vq.config.latent_channels
-            self.cfg.resolution = self.vq.config.sample_size // 2 ** (len(self.vq.config.block_out_channels) - 1)
+            self.cfg.resolution = latent_side(self.vq)
         unet = build_unet(self.cfg)
         self.noise_scheduler = build_noise_scheduler(self.cfg)
         self.modules = {"unet": unet}
@@ -111,20 +125,11 @@ class DiffusionFamily(_Base):
             self.cfg.latent_scale = float(1.0 / z.float().std())
 
     def _x0(self, batch) -> torch.Tensor:
-        """The batch's diffusion targets: pixels, or the (scaled) autoencoder latents of its images.
-
-        Latents are encoded once per training image and cached by dataset index (the loop serves every index
-        the same image: no augmentation), so after the first epoch a step costs the UNet alone."""
+        """The batch's diffusion targets: pixels, or the (scaled) autoencoder latents of its images (cached)."""
         if self.vq is None:
             return batch["image"].to(self.acc.device)
-        idx = [int(i) for i in batch["index"]]
-        todo = [j for j, i in enumerate(idx) if i not in self._latents]
-        if todo:
-            with torch.no_grad():
-                z = self.vq.encode(batch["image"][todo].to(self.acc.device)).latents
-            for j, zj in zip(todo, z):
-                self._latents[idx[j]] = zj
-        return torch.stack([self._latents[i] for i in idx]) * self.cfg.latent_scale
+        z = self._per_image(self._latents, batch, lambda x: self.vq.encode(x).latents)
+        return z * self.cfg.latent_scale
 
     def step(self, batch, step):
         from t2i.models.diffusion import diffusion_loss
@@ -304,7 +309,7 @@ class VQPriorFamily(_Base):
     trained = "prior"
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
-        from t2i.models.vqgan import CodePrior, load_autoencoder
+        from t2i.models.vqgan import CodePrior, latent_side, load_autoencoder
         from t2i.train import Phase
 
         self.family, self.t = family, tcfg
@@ -315,8 +320,9 @@ class VQPriorFamily(_Base):
         if not ae:
             raise ValueError("model.autoencoder must name a trained VQGAN autoencoder (run folder or export)")
         vq = load_autoencoder(ae)
+        self._codes = {}  # dataset index -> (h, w) code indices of its image
         self.autoencoder_path = str(ae)
-        side = vq.config.sample_size // 2 ** (len(vq.config.block_out_channels) - 1)
+        side = latent_side(vq)
         cfg.setdefault("num_codes", vq.config.num_vq_embeddings)
         cfg.setdefault("seq_len", side * side)
         self.prior_kwargs = cfg
@@ -329,24 +335,10 @@ class VQPriorFamily(_Base):
         self.ema = self._make_ema(prior)
         self.phases = [Phase("prior", self.step, "prior", 1, ["prior"])]
 
-    def _codes(self, batch) -> torch.Tensor:
-        """(B, h, w) code indices of the batch's images, encoded once per training image and cached by index."""
-        from t2i.models.vqgan import vq_encode
-
-        cache = self.__dict__.setdefault("_code_cache", {})
-        ids = [int(i) for i in batch["index"]]
-        todo = [j for j, i in enumerate(ids) if i not in cache]
-        if todo:
-            with torch.no_grad():
-                codes = vq_encode(self.frozen["vq"], batch["image"][todo].to(self.acc.device)).indices
-            for j, c in zip(todo, codes):
-                cache[ids[j]] = c
-        return torch.stack([cache[i] for i in ids])
-
     def step(self, batch, step):
-        from t2i.models.vqgan import prior_loss
+        from t2i.models.vqgan import prior_loss, vq_encode
 
-        idx = self._codes(batch)  # (B, h, w)
+        idx = self._per_image(self._codes, batch, lambda x: vq_encode(self.frozen["vq"], x).indices)  # (B, h, w)
         f = self._features(self._dropped(batch, step, self.caption_dropout))
         loss = prior_loss(self.p["prior"], idx, f.words, f.mask)  # through DDP's forward: gradients sync
         return {"ce": loss, "loss": loss}

@@ -91,6 +91,11 @@ def load_autoencoder(path) -> VQModel:
     raise ValueError(f"{root} holds no vqmodel/ (or vqvae/) folder: train configs/t2i/shapes_vqgan.yaml first")
 
 
+def latent_side(model: VQModel) -> int:
+    """Side of the autoencoder's latent / code grid (64x64 images and 3 levels -> 16)."""
+    return model.config.sample_size // 2 ** (len(model.config.block_out_channels) - 1)
+
+
 @dataclass
 class QuantizeOutput:
     """Encoder output snapped to the codebook: quant (B, C, h, w), indices (B, h, w), VQ loss, perplexity."""
