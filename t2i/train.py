@@ -520,6 +520,38 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_recipe(recipe_path: str | Path, overrides: list[str], resume: str, runs_dir: str | Path) -> dict:
+    """The recipe to resume with: the run's own config.yaml (what it was trained with) plus this command's
+    KEY=VALUE overrides. The recipe file only names the run for `--resume latest`; where it now says something else
+    than the run's config, a warning names each key and the run's value is kept (pass KEY=VALUE to change it)."""
+    file_recipe = load_recipe(recipe_path)
+    run_dir, _ = find_resume(resume, file_recipe["name"], Path(runs_dir))
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():  # a run folder from before config.yaml existed: the recipe file is all we have
+        return load_recipe(recipe_path, overrides)
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    if saved.get("family") != file_recipe["family"]:
+        raise ValueError(f"--resume {resume}: {run_dir} is a {saved.get('family')!r} run, {recipe_path} a "
+                         f"{file_recipe['family']!r} recipe")  # fmt: skip
+    overridden = {ov.split("=", 1)[0] for ov in overrides if "=" in ov}
+    have = _leaves(saved)
+    for key, val in sorted(_leaves(file_recipe).items()):
+        if key in have and have[key] != val and key not in overridden and key != "train.max_steps":
+            warnings.warn(f"{recipe_path} says {key}={val!r} but {run_dir} was trained with {have[key]!r}; "
+                          f"resuming with the run's value (pass {key}=... to change it)", stacklevel=2)  # fmt: skip
+    return apply_overrides(saved, overrides)
+
+
 def find_resume(resume: str, name: str, runs_dir: Path) -> tuple[Path, Path]:
     """'latest' (the newest run of this recipe with a checkpoint) | a run folder | a checkpoint folder."""
     if resume == "latest":
@@ -826,7 +858,10 @@ def _cmd_train(args) -> int:
         parsed = rest.parse_intermixed_args(list(args.overrides))
         vars(args).update(vars(parsed))
         args.overrides = getattr(parsed, "overrides", [])  # only options followed: no KEY=VALUE at all
-    recipe = load_recipe(args.config, args.overrides)
+    if args.resume:
+        recipe = resume_recipe(args.config, args.overrides, args.resume, args.runs_dir)
+    else:
+        recipe = load_recipe(args.config, args.overrides)
     run = train(recipe, resume=args.resume, max_steps=args.max_steps, runs_dir=args.runs_dir,
                 progress=not args.no_progress)  # fmt: skip
     print(f"run folder: {run}  (export: {run / 'export'})")

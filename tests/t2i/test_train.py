@@ -154,14 +154,41 @@ def test_cli_options_after_overrides(monkeypatch):
     seen = {}
     monkeypatch.setattr(T, "train", lambda recipe, **kw: seen.update(recipe=recipe, **kw) or Path("runs/x-000"))
     recipe = str(ROOT / "configs/t2i/shapes_stackgan.yaml")
-    assert main(["train", recipe, "train.batch_size=8", "--max-steps", "5", "model.ngf=8", "--resume", "latest"]) == 0
-    assert (seen["max_steps"], seen["resume"]) == (5, "latest")
+    assert main(["train", recipe, "train.batch_size=8", "--max-steps", "5", "model.ngf=8", "--no-progress"]) == 0
+    assert (seen["max_steps"], seen["resume"], seen["progress"]) == (5, None, False)
     assert seen["recipe"]["train"]["batch_size"] == 8 and seen["recipe"]["model"]["ngf"] == 8
     assert main(["train", "--max-steps", "3", recipe]) == 0 and seen["max_steps"] == 3
     # Only options after the recipe (no KEY=VALUE): they are options, not overrides.
     assert main(["train", recipe, "--max-steps", "4", "--no-progress"]) == 0
     assert seen["max_steps"] == 4 and seen["progress"] is False
     assert main(["train", recipe, "train.nope"]) == 2  # not KEY=VALUE: one-line error, exit 2
+
+
+def test_resume_keeps_the_runs_own_config(monkeypatch, tmp_path):
+    """--resume trains on with what the run was trained with (its config.yaml), not with what the recipe file says
+    today; only this command's KEY=VALUE overrides change it, and each disagreement with the file is named."""
+    import yaml
+
+    import t2i.train as T
+    from t2i.cli import main
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda recipe, **kw: seen.update(recipe=recipe, **kw) or Path("runs/x-000"))
+    recipe = str(ROOT / "configs/t2i/shapes_stackgan.yaml")
+    run = tmp_path / "runs/shapes_stackgan-000"
+    (run / "checkpoints/step-000004").mkdir(parents=True)
+    (run / "checkpoints/step-000004/state.json").write_text('{"step": 4}')
+    saved = load_recipe(recipe, ["model.ngf=5", "model.z_dim=7", "train.lr_g=0.003"])
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.warns(UserWarning, match=r"says model\.ngf=.* was trained with 5"):
+        args = ["train", recipe, "train.lr_g=0.001", "--resume", "latest", "--runs-dir", str(tmp_path / "runs")]
+        assert main(args) == 0
+    got = seen["recipe"]
+    assert (got["model"]["ngf"], got["model"]["z_dim"], got["train"]["lr_g"]) == (5, 7, 0.001)
+    assert seen["resume"] == "latest"
+    other = tmp_path / "other.yaml"
+    other.write_text("family: attngan\nmodel: {}\n")
+    assert main(["train", str(other), "--resume", str(run)]) == 2  # a different family: one-line error
 
 
 def test_init_from_starts_g_from_an_export(tmp_path, text_encoder):
