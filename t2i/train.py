@@ -876,7 +876,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", default=None, help="'latest' (newest run of this recipe) or a run/checkpoint folder")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' (newest run of this recipe) or a run/checkpoint folder; the run goes on with its own "
+        "config.yaml (KEY=VALUE overrides still apply; the recipe file's differing keys are named, not used)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides the recipe)")
     p.add_argument("--runs-dir", default=str(RUNS_DIR), help="where run folders go (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
