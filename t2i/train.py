@@ -65,7 +65,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    sample_every: int = 500
+    sample_every: int = 500  # 0: no sample grids
     eval_every: int = 0  # 0: never; else t2i.metrics.evaluate every N steps (Shapes)
     eval_metrics: list = field(default_factory=lambda: ["attribute_accuracy"])
     eval_num_samples: int = 200
@@ -669,6 +669,11 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     dcfg = _from_dict(DataConfig, dict(recipe.get("data") or {}), "data")
     if max_steps is not None:
         tcfg.max_steps = max_steps
+    for k in ("log_every", "checkpoint_every", "sample_every", "eval_every"):
+        v = getattr(tcfg, k)
+        if not isinstance(v, int) or v < (1 if k in ("log_every", "checkpoint_every") else 0):
+            lo = "1" if k in ("log_every", "checkpoint_every") else "0 (never)"
+            raise ValueError(f"train.{k} must be an integer >= {lo}, got {v!r}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
     if tcfg.num_threads:
@@ -793,7 +798,7 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
                 fam.export(run_dir / "export", getattr(torch, tcfg.export_dtype),
                            {"step": step, "images_seen": state["images_seen"]})  # fmt: skip
             acc.wait_for_everyone()
-        if acc.is_main_process and (step % tcfg.sample_every == 0 or last):
+        if acc.is_main_process and tcfg.sample_every and (step % tcfg.sample_every == 0 or last):
             pipe = fam.pipeline()
             if pipe is not None:
                 (run_dir / "samples").mkdir(exist_ok=True)

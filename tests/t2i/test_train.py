@@ -141,6 +141,11 @@ def test_overrides_and_bad_recipes(tmp_path):
         apply_overrides({}, ["train.lr_g"])
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\]"):
         train(load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.lr=1"]), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"train\.checkpoint_every must be an integer >= 1, got 0"):
+        train(load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.checkpoint_every=0"]), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"train\.sample_every must be an integer >= 0 \(never\), got -1"):
+        train(load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.sample_every=-1"]), runs_dir=tmp_path)
+    assert not (tmp_path / "shapes_stackgan-000").exists()  # rejected before a run folder is made
     bad = tmp_path / "bad.yaml"
     bad.write_text("family: stackgan\n")
     with pytest.raises(ValueError, match="needs a 'model' key"):
@@ -200,10 +205,10 @@ def test_init_from_starts_g_from_an_export(tmp_path, text_encoder):
     a, b = (load_file(str(p / "export/generator.safetensors")) for p in (src, run))
     weights = [k for k in a if "running_" not in k and "num_batches" not in k]
     assert a.keys() == b.keys() and len(weights) > 10 and all(torch.equal(a[k], b[k]) for k in weights)
-    fresh = load_file(
-        str(_run("stackgan", tmp_path, text_encoder, ["train.lr_g=0"], max_steps=1) / "export/generator.safetensors")
-    )
+    fresh_run = _run("stackgan", tmp_path, text_encoder, ["train.lr_g=0", "train.sample_every=0"], max_steps=1)
+    fresh = load_file(str(fresh_run / "export/generator.safetensors"))
     assert not all(torch.equal(a[k], fresh[k]) for k in weights)
+    assert (src / "samples").is_dir() and not (fresh_run / "samples").exists()  # sample_every=0: no grids
     # An export of another architecture is refused, naming what differs.
     with pytest.raises(ValueError, match="ngf"):
         _run("stackgan", tmp_path, text_encoder, [f"train.init_from={src}", "model.ngf=8"], max_steps=0)
