@@ -2,6 +2,10 @@
 
 CPU (process) time is reported beside wall time because the project machine is shared: with 1 thread, process time
 is what the same work takes on an idle core.
+
+For the MLE and discriminator epochs the matmul/conv FLOPs of one training batch are counted with torch's
+FlopCounterMode, so each phase also reports its achieved GFLOP/s and, against a measured dense-matmul rate with the
+same threads (`matmul_gflops`), the floor a phase cannot go under without doing less arithmetic (`floor_s`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,26 @@ def _timed(fn):
     w, c = time.perf_counter(), time.process_time()
     fn()
     return {"wall_s": round(time.perf_counter() - w, 3), "cpu_s": round(time.process_time() - c, 3)}
+
+
+def train_flops(model_step, batch) -> int:
+    """Matmul/conv FLOPs of one forward + backward of `model_step(batch)` (a scalar loss), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as m:
+        model_step(batch).backward()
+    return m.get_total_flops()
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """Dense fp32 matmul rate of this CPU with the current torch thread count (a practical peak, not the datasheet)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def run_bench(threads: int = 1, mle_seqs: int = 10000, d_seqs: int = 20000, rollouts: int = 16, seed: int = 0):
@@ -62,8 +86,15 @@ def run_bench(threads: int = 1, mle_seqs: int = 10000, d_seqs: int = 20000, roll
         bleu(hyps, refs)
         self_bleu(hyps)
 
+    res["matmul_gflops"] = round(matmul_gflops(), 1)
     res["mle_epoch"] = _timed(mle_epoch) | {"seqs": mle_seqs}
     res["d_epoch"] = _timed(d_epoch) | {"seqs": d_seqs}
+    d_step = lambda x: F.cross_entropy(dis(x), torch.zeros(len(x), dtype=torch.long))  # noqa: E731
+    per_seq = {"mle_epoch": train_flops(gen.nll, data[:B]) / B, "d_epoch": train_flops(d_step, data[:B]) / B}
+    for k, f in per_seq.items():
+        flops = f * res[k]["seqs"]
+        res[k] |= {"gflop": round(flops / 1e9, 1), "gflops_per_s": round(flops / 1e9 / res[k]["wall_s"], 1),
+                   "floor_s": round(flops / 1e9 / res["matmul_gflops"], 2)}  # fmt: skip
     res["g_step"] = _timed(g_step) | {"batch": B, "rollouts": rollouts}
     res["bleu_selfbleu_10k"] = _timed(metrics)
     return res

@@ -135,6 +135,25 @@ def test_bench_smoke():
 
     res = run_bench(mle_seqs=64, d_seqs=64, rollouts=1)
     assert all(res[k]["wall_s"] > 0 for k in ("mle_epoch", "d_epoch", "g_step", "bleu_selfbleu_10k"))
+    assert res["matmul_gflops"] > 0 and res["d_epoch"]["floor_s"] > 0
+
+
+def test_bench_counts_the_discriminators_flops_by_hand():
+    """The D epoch's FLOPs (what its GFLOP/s and floor are computed from) equal a hand count of the SeqGAN CNN:
+    per sequence, each filter size k with n filters is n * k * emb MACs at each of T - k + 1 positions, the highway
+    layer d x 2d and the output d x 2 (d = all filters); training = forward + grad-input + grad-weight = 3x."""
+    import torch
+    import torch.nn.functional as F
+
+    from textgan.bench import train_flops
+    from textgan.models import Discriminator, DiscriminatorConfig
+
+    c, T, B = DiscriminatorConfig(vocab_size=50), 20, 4
+    d = sum(c.num_filters)
+    macs = sum(n * k * c.emb_dim * (T - k + 1) for k, n in zip(c.filter_sizes, c.num_filters)) + d * 2 * d + d * 2
+    dis = Discriminator(c)
+    x = torch.randint(0, 50, (B, T))
+    assert train_flops(lambda x: F.cross_entropy(dis(x), torch.zeros(B, dtype=torch.long)), x) == 3 * 2 * macs * B
 
 
 @pytest.mark.parametrize("name", ["oracle_mle", "oracle_seqgan", "coco_mle", "coco_seqgan"])
