@@ -58,7 +58,8 @@ class TrainConfig:
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
-    init_from: str | None = None  # GANs: start G (and G_ema) from an exported generator or run (fine-tuning)
+    init_from: str | None = None  # start the trained network (GANs: G, diffusion: the UNet, VQ prior: the prior)
+    # and its EMA from an export, bundle or run folder (fine-tuning / going on from a bundle); optimizers start fresh
     seed: int = 0
     num_threads: int = 0  # torch CPU threads (0: leave torch's default)
     on_nonfinite: str = "stop"  # "stop" | "skip" the step

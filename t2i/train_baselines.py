@@ -68,6 +68,27 @@ class _Base:
                 cache[ids[j]] = o
         return torch.stack([cache[i] for i in ids])
 
+    def _init_from(self, module, path, sub: str):
+        """Copy the weights of `sub`/ (unet, prior) of an export, bundle or run folder into `module` (fine-tuning, or
+        going on from a bundle whose run folder is gone). The architectures must agree: differing config keys are
+        named in the error. The optimizer starts fresh, like the GANs' `train.init_from`."""
+        from safetensors.torch import load_file
+
+        from t2i.pipelines import resolve_checkpoint
+
+        src = resolve_checkpoint(path) / sub
+        if not (src / "config.json").is_file():
+            raise ValueError(f"train.init_from={path}: no {sub}/ folder there (a {self.family} export or run?)")
+        theirs = json.loads((src / "config.json").read_text())
+        mine = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+        norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+        diff = sorted(k for k in mine if k in theirs and norm(theirs[k]) != norm(mine[k]))
+        if diff:
+            raise ValueError(f"train.init_from={path}: its {sub} differs from this recipe's in {diff}")
+        state = load_file(str(src / "diffusion_pytorch_model.safetensors"))
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        return resolve_checkpoint(path)
+
     def after_step(self, step):
         if self.ema is not None:
             self.ema.update_parameters(self.acc.unwrap_model(self.p[self.trained]))
@@ -104,11 +125,35 @@ class DiffusionFamily(_Base):
             self.cfg.in_channels = self.vq.config.latent_channels
             self.cfg.resolution = latent_side(self.vq)
         unet = build_unet(self.cfg)
+        if tcfg.init_from:
+            src = self._init_from(unet, tcfg.init_from, "unet")
+            index = json.loads((src / "model_index.json").read_text())
+            if self.vq is not None:
+                self._same_autoencoder(src, tcfg.init_from)
+                if not self.cfg.latent_scale > 0:  # the UNet learnt latents at the source's scale: keep it
+                    self.cfg.latent_scale = float(index["latent_scale"])
         self.noise_scheduler = build_noise_scheduler(self.cfg)
         self.modules = {"unet": unet}
         self.optimizers = {"unet": torch.optim.AdamW(unet.parameters(), lr=tcfg.lr_g, weight_decay=1e-2)}
         self.ema = self._make_ema(unet)
         self.phases = [Phase("diffusion", self.step, "unet", 1, ["unet"])]
+
+    def _same_autoencoder(self, src, path):
+        """A latent UNet only makes sense on the latents it was trained on: the source's vqvae/ must be this
+        recipe's autoencoder (up to the fp16 rounding of an export)."""
+        from safetensors.torch import load_file
+
+        f = src / "vqvae" / "diffusion_pytorch_model.safetensors"
+        if not f.is_file():
+            raise ValueError(f"train.init_from={path}: a pixel-space UNet, but this recipe is latent diffusion")
+        theirs, mine = load_file(str(f)), self.vq.state_dict()
+        same = theirs.keys() == mine.keys() and all(
+            theirs[k].shape == mine[k].shape and torch.allclose(theirs[k].float(), mine[k].float(), atol=1e-2)
+            for k in mine
+        )
+        if not same:
+            raise ValueError(f"train.init_from={path}: its UNet was trained on another autoencoder's latents than "
+                             f"model.autoencoder={self.cfg.autoencoder}")  # fmt: skip
 
     def bind(self, accelerator, encoder, prepared):
         super().bind(accelerator, encoder, prepared)
@@ -327,6 +372,8 @@ class VQPriorFamily(_Base):
         cfg.setdefault("seq_len", side * side)
         self.prior_kwargs = cfg
         prior = CodePrior(**cfg)
+        if tcfg.init_from:
+            self._init_from(prior, tcfg.init_from, "prior")
         self.frozen = {"vq": vq}
         self.modules = {"prior": prior}
         self.optimizers = {

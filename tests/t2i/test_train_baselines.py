@@ -123,3 +123,39 @@ def test_latent_cache_equals_fresh_encoding(tmp_path, text_encoder):
         fresh = fam.vq.encode(b["image"]).latents * fam.cfg.latent_scale
     assert torch.equal(first, again) and torch.allclose(first, fresh, atol=1e-6)
     assert 0.2 < float(first.std()) < 5  # scaled towards unit variance
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def test_init_from_continues_latent_diffusion_from_an_export(tmp_path, text_encoder):
+    """train.init_from copies an export's UNet (and its latent scale) into a new run; one step at lr 0 exports the
+    same weights. Another autoencoder or another architecture is refused, naming the problem."""
+    ae = _run("vqgan", tmp_path, text_encoder)
+    latent = [f"model.autoencoder={ae}", "model.block_out_channels=[16,16]", "model.norm_num_groups=8"]
+    src = _run("diffusion", tmp_path, text_encoder, latent) / "export"
+    run = _run("diffusion", tmp_path, text_encoder, latent + [f"train.init_from={src}", "train.lr_g=0"], max_steps=1)
+    a, b = _weights(src / "unet"), _weights(run / "export/unet")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_pipeline(run).config.latent_scale == load_pipeline(src).config.latent_scale
+    with pytest.raises(ValueError, match=r"differs from this recipe's in \['block_out_channels'"):
+        _run("diffusion", tmp_path, text_encoder, latent[:1] + ["model.block_out_channels=[16,32]",
+             "model.norm_num_groups=8", f"train.init_from={src}"])  # fmt: skip
+    other_ae = _run("vqgan", tmp_path, text_encoder, ["train.seed=1"])
+    with pytest.raises(ValueError, match="another autoencoder's latents"):
+        _run("diffusion", tmp_path, text_encoder, [f"model.autoencoder={other_ae}"] + latent[1:] +
+             [f"train.init_from={src}"])  # fmt: skip
+
+
+def test_init_from_continues_the_prior_from_a_bundle_like_export(tmp_path, text_encoder):
+    ae = _run("vqgan", tmp_path, text_encoder)
+    src = _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}"]) / "export"
+    run = _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={src}",
+                                                    "train.lr_g=0"], max_steps=1)  # fmt: skip
+    a, b = _weights(src / "prior"), _weights(run / "export/prior")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="no prior/ folder"):
+        _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={ae}"])
