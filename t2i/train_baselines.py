@@ -110,7 +110,7 @@ class DiffusionFamily(_Base):
     trained = "unet"
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
-        from t2i.models.diffusion import DiffusionConfig, build_noise_scheduler, build_unet
+        from t2i.models.diffusion import DiffusionConfig, build_noise_scheduler, build_unet, build_word_adapter
         from t2i.train import Phase
 
         self.family, self.t = family, tcfg
@@ -124,19 +124,30 @@ class DiffusionFamily(_Base):
             self.frozen = {"vq": self.vq}
             self.cfg.in_channels = self.vq.config.latent_channels
             self.cfg.resolution = latent_side(self.vq)
-        unet = build_unet(self.cfg)
+        unet, adapter = build_unet(self.cfg), build_word_adapter(self.cfg)
         if tcfg.init_from:
             src = self._init_from(unet, tcfg.init_from, "unet")
             index = json.loads((src / "model_index.json").read_text())
+            if (src / "word_adapter").is_dir():
+                if adapter is None:
+                    raise ValueError(f"train.init_from={tcfg.init_from} has a word adapter: set "
+                                     "model.word_adapter_layers to its depth")  # fmt: skip
+                self._init_from(adapter, tcfg.init_from, "word_adapter")
+            # else a fresh adapter, which starts as the identity: the source UNet's behaviour is unchanged
             if self.vq is not None:
                 self._same_autoencoder(src, tcfg.init_from)
                 if not self.cfg.latent_scale > 0:  # the UNet learnt latents at the source's scale: keep it
                     self.cfg.latent_scale = float(index["latent_scale"])
         self.noise_scheduler = build_noise_scheduler(self.cfg)
         self.modules = {"unet": unet}
-        self.optimizers = {"unet": torch.optim.AdamW(unet.parameters(), lr=tcfg.lr_g, weight_decay=1e-2)}
-        self.ema = self._make_ema(unet)
-        self.phases = [Phase("diffusion", self.step, "unet", 1, ["unet"])]
+        params = list(unet.parameters())
+        if adapter is not None:
+            self.modules["word_adapter"] = adapter
+            params += list(adapter.parameters())
+        self.optimizers = {"unet": torch.optim.AdamW(params, lr=tcfg.lr_g, weight_decay=1e-2)}
+        # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or both.
+        self.ema = self._make_ema(unet if adapter is None else torch.nn.ModuleDict(self.modules))
+        self.phases = [Phase("diffusion", self.step, "unet", 1, list(self.modules))]
 
     def _same_autoencoder(self, src, path):
         """A latent UNet only makes sense on the latents it was trained on: the source's vqvae/ must be this
@@ -182,18 +193,29 @@ class DiffusionFamily(_Base):
         f = self._features(self._dropped(batch, step, self.cfg.caption_dropout))
         x0 = self._x0(batch)
         g = _step_generator(self.t.seed, step, self.acc.process_index, 3)
-        loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g)
+        loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g, self.p.get("word_adapter"))
         return {"mse": loss, "loss": loss}
 
-    def _pipe(self, unet):
+    def after_step(self, step):
+        if "word_adapter" not in self.p:
+            return super().after_step(step)
+        self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
+
+    def _ema_parts(self):
+        """(unet, word adapter or None) of the EMA."""
+        m = self.ema.module
+        return (m["unet"], m["word_adapter"]) if isinstance(m, torch.nn.ModuleDict) else (m, None)
+
+    def _pipe(self, unet, adapter=None):
         from t2i.models.diffusion import build_pipeline
 
         vq = None if self.vq is None else copy.deepcopy(self.vq).to(unet.device, unet.dtype)
-        return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet, vqvae=vq)
+        return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet, vqvae=vq,
+                              word_adapter=adapter)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
-        unet = copy.deepcopy(self.ema.module).to("cpu", dtype)
-        pipe = self._pipe(unet)
+        unet, adapter = (None if m is None else copy.deepcopy(m).to("cpu", dtype) for m in self._ema_parts())
+        pipe = self._pipe(unet, adapter)
 
         def write(tmp):
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -202,7 +224,8 @@ class DiffusionFamily(_Base):
         return atomic_dir(path, write)
 
     def pipeline(self):
-        pipe = self._pipe(copy.deepcopy(self.ema.module).eval())
+        unet, adapter = (None if m is None else copy.deepcopy(m).eval() for m in self._ema_parts())
+        pipe = self._pipe(unet, adapter)
         pipe.set_text_encoder(self.encoder)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.acc.device)

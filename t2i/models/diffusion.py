@@ -15,14 +15,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers import (
+    ConfigMixin,
     DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
+    ModelMixin,  # noqa: F401  (diffusers finds a custom component's base class in its module: WordAdapter loads)
     UNet2DConditionModel,
     VQModel,
 )
+from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 
 @dataclass
@@ -48,6 +52,10 @@ class DiffusionConfig:
     # and `in_channels` then describe the latent grid and are set from the autoencoder.
     autoencoder: str | None = None
     latent_scale: float = 0.0  # latents are multiplied by this before diffusion; 0: 1/std of 512 training latents
+    # WordAdapter layers between the frozen text encoder and the UNet's cross-attention (0: none, the features go in
+    # as they are). MiniLM's word features hardly encode word order, so "A left of B" and "B left of A" look alike.
+    word_adapter_layers: int = 0
+    word_adapter_heads: int = 4
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -77,6 +85,63 @@ def build_unet(cfg: DiffusionConfig) -> UNet2DConditionModel:
     )
 
 
+class WordAdapter(ModelMixin, ConfigMixin):
+    """Order-aware refinement of the frozen text encoder's word features before the UNet's cross-attention.
+
+    all-MiniLM-L6-v2's word features barely depend on word order: in "a small blue heart right of a large orange
+    circle" and the same caption with "left", the object words' features have cosine similarity 0.98-0.99, and the
+    sentence features of a caption and its mirror ("a large orange circle right of a small blue heart") 0.99. Which
+    object goes where in a two-object caption is then hard to read from them. This adds a learned position embedding
+    and `layers` pre-norm transformer blocks (self-attention over the caption's tokens, padding masked; MLP x2). The
+    position table and each block's output projections start at zero, so a fresh adapter is the identity: it can be
+    put in front of an already trained UNet (`train.init_from`) without changing what that UNet does.
+    """
+
+    @register_to_config
+    def __init__(self, dim: int = 384, layers: int = 1, heads: int = 4, positions: int = 64):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"word adapter: dim {dim} is not divisible by heads {heads}")
+        self.pos = nn.Parameter(torch.zeros(positions, dim))
+        self.blocks = nn.ModuleList(_AdapterBlock(dim, heads) for _ in range(layers))
+
+    def forward(self, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """words (B, T, D), mask (B, T) True on real tokens -> (B, T, D)."""
+        T = words.shape[1]
+        if T > self.pos.shape[0]:
+            raise ValueError(f"word adapter: {T} tokens, more than its {self.pos.shape[0]} positions")
+        x = words + self.pos[:T].to(words.dtype)
+        for b in self.blocks:
+            x = b(x, mask)
+        return x
+
+
+class _AdapterBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        for m in (self.proj, self.fc2):  # residual branches start at zero: the block starts as the identity
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        keys = mask.bool()[:, None, None, :]  # (B, 1, 1, T): attend to real tokens only
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, T, D))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def build_word_adapter(cfg: DiffusionConfig) -> WordAdapter | None:
+    if cfg.word_adapter_layers <= 0:
+        return None
+    return WordAdapter(cfg.cross_attention_dim, cfg.word_adapter_layers, cfg.word_adapter_heads)
+
+
 def build_noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -104,11 +169,14 @@ def diffusion_loss(
     words: torch.Tensor,
     mask: torch.Tensor,
     generator: torch.Generator | None = None,
+    word_adapter: WordAdapter | None = None,
 ) -> torch.Tensor:
     """DDPM training loss: MSE between the UNet's output and the epsilon (or v) target at a random timestep.
 
     x0 (B, C, H, W) clean images or latents; words (B, T, D) text features; mask (B, T) True on real tokens.
     """
+    if word_adapter is not None:
+        words = word_adapter(words, mask)
     B = x0.shape[0]
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), device=x0.device, generator=generator)
@@ -125,7 +193,7 @@ class T2IDiffusionPipeline(DiffusionPipeline):
     """Caption -> images with classifier-free guidance; the sampling loop is written out in __call__."""
 
     model_cpu_offload_seq = "unet->vqvae"
-    _optional_components = ["vqvae"]
+    _optional_components = ["vqvae", "word_adapter"]
 
     def __init__(
         self,
@@ -137,9 +205,10 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         default_guidance: float = 3.0,
         vqvae: VQModel | None = None,
         latent_scale: float = 1.0,
+        word_adapter: WordAdapter | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae)
+        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae, word_adapter=word_adapter)
         # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
         self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length,
                                 default_steps=default_steps, default_guidance=default_guidance,
@@ -224,6 +293,8 @@ class T2IDiffusionPipeline(DiffusionPipeline):
             ctx, ctx_mask = torch.cat([null_w, cond_w]), torch.cat([null_m, cond_m])
         else:
             ctx, ctx_mask = words, mask
+        if self.word_adapter is not None:  # once per batch: the caption side does not depend on the step
+            ctx = self.word_adapter(ctx.to(self.word_adapter.dtype), ctx_mask).to(ctx.dtype)
         # Stochastic samplers (DDPM) draw their noise from the seeded generator too.
         extra = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
@@ -246,7 +317,7 @@ def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.
 
 
 def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None,
-                   vqvae: VQModel | None = None):  # fmt: skip
+                   vqvae: VQModel | None = None, word_adapter: WordAdapter | None = None):  # fmt: skip
     """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule;
     with `vqvae`, a latent-diffusion pipeline that decodes through it (cfg.latent_scale must then be set)."""
     sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
@@ -254,7 +325,7 @@ def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, m
         raise ValueError("latent diffusion needs cfg.latent_scale > 0 (the family measures it from the data)")
     return T2IDiffusionPipeline(unet if unet is not None else build_unet(cfg), sched, text_encoder_name, max_length,
                                 cfg.sample_steps, cfg.guidance_scale, vqvae,
-                                cfg.latent_scale if vqvae is not None else 1.0)  # fmt: skip
+                                cfg.latent_scale if vqvae is not None else 1.0, word_adapter)  # fmt: skip
 
 
 def config_dict(cfg: DiffusionConfig) -> dict:

@@ -100,3 +100,54 @@ def test_caption_dropout_and_config_errors():
         DiffusionConfig(prediction_type="x0")
     with pytest.raises(ValueError, match="sampler"):
         build_pipeline(tiny_cfg()).use_sampler("euler-magic")
+
+
+def test_word_adapter_starts_as_the_identity_and_then_reads_word_order():
+    from t2i.models.diffusion import WordAdapter
+
+    torch.manual_seed(0)
+    a = WordAdapter(dim=16, layers=2, heads=4, positions=8)
+    x = torch.randn(3, 6, 16)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    assert torch.equal(a(x, mask), x)  # fresh: exactly the identity (safe in front of a trained UNet)
+    for p in a.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    y = a(x, mask)
+    assert not torch.allclose(y, x)
+    # Real tokens do not read padding: changing the padded features leaves them as they were.
+    x2 = x.clone()
+    x2[1, 4:] = torch.randn(2, 16)
+    assert torch.allclose(a(x2, mask)[1, :4], y[1, :4], atol=1e-6)
+    # Order-aware: swapping two tokens does not just swap their outputs (MiniLM's features nearly do that).
+    perm = torch.tensor([1, 0, 2, 3, 4, 5])
+    assert not torch.allclose(a(x[:, perm], mask)[:, perm], y, atol=1e-3)
+    with pytest.raises(ValueError, match="more than its 8 positions"):
+        a(torch.randn(1, 9, 16), torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_pipeline_with_word_adapter_round_trip_and_old_pipelines_still_load(tmp_path, text_encoder):
+    from t2i.models.diffusion import build_word_adapter
+
+    cfg = tiny_cfg(word_adapter_layers=1)
+    torch.manual_seed(0)
+    adapter = build_word_adapter(cfg)
+    for p in adapter.parameters():  # a trained-looking adapter, so it matters what is saved
+        torch.nn.init.normal_(p, std=0.1)
+    pipe = build_pipeline(cfg, word_adapter=adapter)
+    pipe.set_text_encoder(text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe(["a green heart left of a red star"], seed=1, num_inference_steps=3)
+    pipe.save_pretrained(tmp_path / "diff")
+    assert (tmp_path / "diff/word_adapter/diffusion_pytorch_model.safetensors").is_file()
+    loaded = T2IDiffusionPipeline.from_pretrained(tmp_path / "diff", local_files_only=True)
+    loaded.set_text_encoder(text_encoder)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.word_adapter is not None
+    assert torch.equal(before, loaded(["a green heart left of a red star"], seed=1, num_inference_steps=3))
+    no_adapter = build_pipeline(cfg, unet=pipe.unet)
+    no_adapter.set_text_encoder(text_encoder)
+    no_adapter.set_progress_bar_config(disable=True)
+    assert not torch.equal(before, no_adapter(["a green heart left of a red star"], seed=1, num_inference_steps=3))
+    no_adapter.save_pretrained(tmp_path / "plain")
+    assert T2IDiffusionPipeline.from_pretrained(tmp_path / "plain", local_files_only=True).word_adapter is None

@@ -159,3 +159,27 @@ def test_init_from_continues_the_prior_from_a_bundle_like_export(tmp_path, text_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="no prior/ folder"):
         _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={ae}"])
+
+
+def test_word_adapter_in_front_of_a_trained_unet(tmp_path, text_encoder):
+    """init_from a plain UNet into a recipe with a word adapter: the fresh adapter is the identity, so at lr 0 the
+    new run samples exactly what the source did; the adapter is trained, exported and reloaded with the UNet."""
+    src = _run("diffusion", tmp_path, text_encoder)
+    run = _run("diffusion", tmp_path, text_encoder, ["model.word_adapter_layers=1", f"train.init_from={src}",
+                                                     "train.lr_g=0"], max_steps=1)  # fmt: skip
+    assert (run / "export/word_adapter/config.json").is_file()
+    assert (run / "checkpoints/step-000001/word_adapter.safetensors").is_file()
+    pipes = [load_pipeline(p) for p in (src, run)]
+    for p in pipes:
+        p.set_text_encoder(text_encoder)
+    a, b = (p(["a red circle left of a blue star"], 2, seed=4) for p in pipes)
+    assert torch.allclose(a, b, atol=1e-5)
+    trained = _run("diffusion", tmp_path, text_encoder, ["model.word_adapter_layers=1", f"train.init_from={run}"],
+                   max_steps=2)  # fmt: skip
+    w = _weights(trained / "export/word_adapter")
+    assert any(float(v.float().abs().max()) > 0 for k, v in w.items() if k.startswith("blocks.0.fc2"))
+    resumed = _run("diffusion", tmp_path, text_encoder, ["model.word_adapter_layers=1"], max_steps=3,
+                   resume=str(trained))  # fmt: skip
+    assert (resumed / "checkpoints/step-000003").is_dir()
+    with pytest.raises(ValueError, match="has a word adapter"):
+        _run("diffusion", tmp_path, text_encoder, [f"train.init_from={run}"])
