@@ -55,3 +55,17 @@ def test_guided_wrapper_really_changes_the_guidance():
 
     g = guidance_sweep._Guided(Pipe(), 5.0)
     assert g(["a red circle"]) == 5.0 and calls == [5.0] and (g.family, g.resolution) == ("vqgan", 64)
+
+
+def test_text_order_pairs_flip_and_mirror_the_relation():
+    """benchmarks/text_order.py compares a caption with its relation flipped (another picture) and its mirror (the
+    same picture): the mirror swaps the objects and inverts the relation, the flip only inverts it."""
+    from benchmarks.text_order import pairs
+
+    rows = pairs(20)
+    inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    for cap, flipped, mirrored in rows:
+        rel = next(r for r in inverse if f" {r} " in cap)
+        a, b = cap.split(f" {rel} ")
+        assert flipped == f"{a} {inverse[rel]} {b}" and mirrored == f"{b} {inverse[rel]} {a}"
+    assert len(rows) == 20 and len({r[0] for r in rows}) > 10
