@@ -20,12 +20,16 @@ $T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-1500}" --no
 AE=$(run_of "$LOGS/vqgan.out")
 
 prior() {
-  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-1500}" \
+  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-2000}" \
     --no-progress > "$LOGS/vq_prior.out"
 }
 diffusion() {
-  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" --max-steps "${DIFFUSION_STEPS:-14000}" \
-    --no-progress > "$LOGS/diffusion.out"
+  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" --max-steps "${DIFFUSION_STEPS:-28000}" \
+    --no-progress > "$LOGS/diffusion_leg1.out"
+  # Second leg: the EMA weights at a 4x lower learning rate (the constant-lr run had plateaued; docs/RESULTS.md).
+  $T2I train configs/t2i/shapes_diffusion.yaml "model.autoencoder=$AE" name=shapes_diffusion_lowlr \
+    train.lr_g=0.00005 "train.init_from=$(run_of "$LOGS/diffusion_leg1.out")" \
+    --max-steps "${DIFFUSION_LOWLR_STEPS:-5000}" --no-progress > "$LOGS/diffusion.out"
 }
 if [ "${PARALLEL:-0}" = 1 ]; then
   prior & p=$!; diffusion & d=$!; wait "$p"; wait "$d"
@@ -39,3 +43,8 @@ for pair in vqgan:vq_prior diffusion:diffusion; do
   cp -r "$(run_of "$LOGS/$log.out")/export" "$OUT/$m"
   du -sh "$OUT/$m"
 done
+# Each bundle's default guidance, picked on validation scenes (Shapes dataset seed 1), not on the test captions.
+PYTHON=${PYTHON:-.venv/bin/python}
+$PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion" --set-default
+$PYTHON benchmarks/guidance_sweep.py "$OUT/vqgan" --scales 1 3 5 8 --metrics attribute_accuracy \
+  --out "$LOGS/guidance_vqgan" --set-default
