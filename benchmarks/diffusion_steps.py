@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import save_png  # noqa: E402
+
 METRICS = ["attribute_accuracy", "r_precision", "speed"]
 
 
@@ -71,10 +74,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     b.set_ylabel("images / s")
     b.set_title(f"speed ({diff[0].get('speed_device', '')})" if diff else "speed")
     b.legend(fontsize=7)
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=110)
-    return png
+    return save_png(fig, out)
 
 
 def main(argv=None) -> int:

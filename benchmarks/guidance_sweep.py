@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import save_png  # noqa: E402
+
 METRICS = ["attribute_accuracy", "r_precision"]
 
 
@@ -70,10 +73,7 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=110)
-    return png
+    return save_png(fig, out)
 
 
 def main(argv=None) -> int:
