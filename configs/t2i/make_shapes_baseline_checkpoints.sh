@@ -20,7 +20,7 @@ $T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-1500}" --no
 AE=$(run_of "$LOGS/vqgan.out")
 
 prior() {
-  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-2000}" \
+  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-2750}" \
     --no-progress > "$LOGS/vq_prior.out"
 }
 diffusion() {
