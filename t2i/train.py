@@ -670,11 +670,10 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     dcfg = _from_dict(DataConfig, dict(recipe.get("data") or {}), "data")
     if max_steps is not None:
         tcfg.max_steps = max_steps
-    for k in ("log_every", "checkpoint_every", "sample_every", "eval_every"):
+    for k, lo in (("log_every", 1), ("checkpoint_every", 1), ("sample_every", 0), ("eval_every", 0)):
         v = getattr(tcfg, k)
-        if not isinstance(v, int) or v < (1 if k in ("log_every", "checkpoint_every") else 0):
-            lo = "1" if k in ("log_every", "checkpoint_every") else "0 (never)"
-            raise ValueError(f"train.{k} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(v, int) or v < lo:
+            raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
     if tcfg.num_threads:

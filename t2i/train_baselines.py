@@ -76,7 +76,8 @@ class _Base:
 
         from t2i.pipelines import resolve_checkpoint
 
-        src = resolve_checkpoint(path) / sub
+        root = resolve_checkpoint(path)
+        src = root / sub
         if not (src / "config.json").is_file():
             raise ValueError(f"train.init_from={path}: no {sub}/ folder there (a {self.family} export or run?)")
         theirs = json.loads((src / "config.json").read_text())
@@ -87,7 +88,7 @@ class _Base:
             raise ValueError(f"train.init_from={path}: its {sub} differs from this recipe's in {diff}")
         state = load_file(str(src / "diffusion_pytorch_model.safetensors"))
         module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return resolve_checkpoint(path)
+        return root
 
     def after_step(self, step):
         if self.ema is not None:
@@ -127,7 +128,6 @@ class DiffusionFamily(_Base):
         unet, adapter = build_unet(self.cfg), build_word_adapter(self.cfg)
         if tcfg.init_from:
             src = self._init_from(unet, tcfg.init_from, "unet")
-            index = json.loads((src / "model_index.json").read_text())
             if (src / "word_adapter").is_dir():
                 if adapter is None:
                     raise ValueError(f"train.init_from={tcfg.init_from} has a word adapter: set "
@@ -137,7 +137,7 @@ class DiffusionFamily(_Base):
             if self.vq is not None:
                 self._same_autoencoder(src, tcfg.init_from)
                 if not self.cfg.latent_scale > 0:  # the UNet learnt latents at the source's scale: keep it
-                    self.cfg.latent_scale = float(index["latent_scale"])
+                    self.cfg.latent_scale = float(json.loads((src / "model_index.json").read_text())["latent_scale"])
         self.noise_scheduler = build_noise_scheduler(self.cfg)
         self.modules = {"unet": unet}
         params = list(unet.parameters())
