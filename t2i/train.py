@@ -653,6 +653,20 @@ def export_checkpoint(ck: str | Path, out: str | Path, weights: str = "G_ema", d
 # The loop.
 
 
+def check_train_config(tcfg: TrainConfig) -> None:
+    """Reject settings that would fail (or misbehave) hours into a run, before a run folder exists."""
+    for k, lo in (("log_every", 1), ("checkpoint_every", 1), ("sample_every", 0), ("eval_every", 0)):
+        v = getattr(tcfg, k)
+        if not isinstance(v, int) or v < lo:
+            raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
+    if tcfg.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
+    if tcfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false
+        tcfg.mixed_precision = "no"
+    if tcfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be 'no', 'bf16' or 'fp16', got {tcfg.mixed_precision!r}")
+
+
 def train(recipe: dict, resume: str | None = None, max_steps: int | None = None, runs_dir: str | Path = RUNS_DIR,
           progress: bool = True, text_encoder=None) -> Path:  # fmt: skip
     """Train a recipe; returns the run folder."""
@@ -670,12 +684,7 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     dcfg = _from_dict(DataConfig, dict(recipe.get("data") or {}), "data")
     if max_steps is not None:
         tcfg.max_steps = max_steps
-    for k, lo in (("log_every", 1), ("checkpoint_every", 1), ("sample_every", 0), ("eval_every", 0)):
-        v = getattr(tcfg, k)
-        if not isinstance(v, int) or v < lo:
-            raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
-    if tcfg.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
+    check_train_config(tcfg)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
 

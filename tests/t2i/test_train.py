@@ -146,6 +146,15 @@ def test_overrides_and_bad_recipes(tmp_path):
     with pytest.raises(ValueError, match=r"train\.sample_every must be an integer >= 0 \(never\), got -1"):
         train(load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.sample_every=-1"]), runs_dir=tmp_path)
     assert not (tmp_path / "shapes_stackgan-000").exists()  # rejected before a run folder is made
+    from t2i.train import TrainConfig, check_train_config
+
+    tcfg = TrainConfig(**load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.mixed_precision=no"])["train"])
+    check_train_config(tcfg)  # YAML reads `no` as False; that means "no", not an error from accelerate
+    assert tcfg.mixed_precision == "no"
+    with pytest.raises(ValueError, match=r"train\.mixed_precision must be 'no', 'bf16' or 'fp16', got 'fp32'"):
+        train(
+            load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", ["train.mixed_precision=fp32"]), runs_dir=tmp_path
+        )
     bad = tmp_path / "bad.yaml"
     bad.write_text("family: stackgan\n")
     with pytest.raises(ValueError, match="needs a 'model' key"):
