@@ -150,7 +150,7 @@ def cmd_sweep(args) -> int:
     else:
         ax.set_xlabel("Self-BLEU-5 (lower = more diverse)")
         ax.set_ylabel("BLEU-5 vs test (higher = better quality)")
-    ax.set_title(f"temperature sweep ({task}, n={args.n}); labels = temperature")
+    ax.set_title(f"temperature sweep ({task}, n={args.n})\npoint labels: sampling temperature", fontsize=10)
     ax.legend()
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
