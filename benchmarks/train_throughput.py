@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
 
     import torch
+    from accelerate.state import AcceleratorState
 
     from t2i.train import load_recipe, train
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         "train.eval_every=0", "train.log_every=1", f"train.checkpoint_every={args.steps}"]  # fmt: skip
                 over += args.set
                 recipe = load_recipe(recipe_path, over)
+                AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: new precision
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.time()
                     run = train(recipe, max_steps=args.steps, runs_dir=tmp, progress=False)
