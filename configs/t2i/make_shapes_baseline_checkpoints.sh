@@ -20,7 +20,7 @@ $T2I train configs/t2i/shapes_vqgan.yaml --max-steps "${VQGAN_STEPS:-1500}" --no
 AE=$(run_of "$LOGS/vqgan.out")
 
 prior() {
-  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-2750}" \
+  $T2I train configs/t2i/shapes_vq_prior.yaml "model.autoencoder=$AE" --max-steps "${PRIOR_STEPS:-5500}" \
     --no-progress > "$LOGS/vq_prior.out"
 }
 diffusion() {
@@ -46,5 +46,5 @@ done
 # Each bundle's default guidance, picked on validation scenes (Shapes dataset seed 1), not on the test captions.
 PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion" --set-default
-$PYTHON benchmarks/guidance_sweep.py "$OUT/vqgan" --scales 1 3 5 8 --metrics attribute_accuracy \
+$PYTHON benchmarks/guidance_sweep.py "$OUT/vqgan" --scales 1 1.5 2 3 5 --metrics attribute_accuracy \
   --out "$LOGS/guidance_vqgan" --set-default
