@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,25 +25,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def steady_rate(log_rows: list[dict], batch: int, warmup: int) -> float:
+def steady_rate(log_rows: list[dict], images_per_step: int, warmup: int) -> float:
     """images/s from the first logged step >= warmup to the last, out of the cumulative images/s the log holds."""
     rows = [r for r in log_rows if "images_per_second" in r]
     first = next(r for r in rows if r["step"] >= warmup)
     last = rows[-1]
     if last["step"] <= first["step"]:
         raise ValueError(f"need logged steps after the warm-up ({warmup}); got {[r['step'] for r in rows]}")
-    seconds = lambda r: r["step"] * batch / r["images_per_second"]  # noqa: E731
-    return (last["step"] - first["step"]) * batch / (seconds(last) - seconds(first))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    seconds = lambda r: r["step"] * images_per_step / r["images_per_second"]  # noqa: E731
+    return (last["step"] - first["step"]) * images_per_step / (seconds(last) - seconds(first))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate.state import AcceleratorState
 
+    from t2i.metrics.core import device_name
     from t2i.train import load_recipe, train
 
     rows = []
@@ -79,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                     run = train(recipe, max_steps=args.steps, runs_dir=tmp, progress=False)
                     wall = time.time() - t0
                     log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
-                rate = steady_rate(log, recipe["train"]["batch_size"], args.warmup)
+                t = recipe["train"]
+                rate = steady_rate(log, t["batch_size"] * t.get("grad_accum", 1), args.warmup)  # one process
                 row = {"recipe": recipe["name"], "precision": prec, "threads": threads, "images_per_second":
-                       round(rate, 1), "batch_size": recipe["train"]["batch_size"], "steps": args.steps,
-                       "wall_s": round(wall, 1)}  # fmt: skip
+                       round(rate, 1), "batch_size": t["batch_size"], "steps": args.steps, "wall_s": round(wall, 1),
+                       "device": device_name("cuda" if torch.cuda.is_available() else "cpu")}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    hw = f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    devices = ", ".join(sorted({r["device"] for r in rows}))
+    hw = f"{devices}; {os.cpu_count()} logical CPUs, torch {torch.__version__}"
     print("\n| recipe | precision | threads | images/s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['recipe']} | {r['precision']} | {r['threads']} | {r['images_per_second']} |")

@@ -22,7 +22,7 @@ def test_steady_rate_leaves_out_the_warmup():
         train_throughput.steady_rate(rows, 10, warmup=4)
 
 
-def test_tiny_run_writes_a_row(tmp_path, monkeypatch):
+def test_tiny_run_writes_a_row(tmp_path):
     from tests.t2i.test_train import DATA, TINY  # the shrunken Shapes recipe of the training smoke tests
 
     out = tmp_path / "tp.json"
@@ -32,3 +32,4 @@ def test_tiny_run_writes_a_row(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["recipe"] == "shapes_stackgan" and rows[0]["images_per_second"] > 0
     assert rows[0]["precision"] == "no" and rows[0]["threads"] == 1 and rows[0]["batch_size"] == 4
+    assert rows[0]["device"].endswith("(CPU, 1 threads)")
