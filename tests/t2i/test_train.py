@@ -235,8 +235,7 @@ def test_d_step_ma_gp_equals_reference(family, text_encoder):
     from t2i.models.stackgan import downsample_to
     from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict
 
-    model = dict(x.split("=", 1) for x in TINY[family])
-    model = {k.split(".", 1)[1]: (json.loads(v) if v.startswith("[") else int(v)) for k, v in model.items()}
+    model = apply_overrides({}, TINY[family])["model"]
     fam = GANFamily(family, model, TrainConfig(gan_loss="hinge", ma_gp_weight=2.0, ma_gp_power=6.0, lambda_damsm=0))
     assert fam.cfg.sentence_norm  # the case whose scale matters
     acc = SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m)
