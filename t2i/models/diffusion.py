@@ -178,8 +178,11 @@ def diffusion_loss(
     if word_adapter is not None:
         words = word_adapter(words, mask)
     B = x0.shape[0]
-    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), device=x0.device, generator=generator)
+    # Drawn where the generator lives (the loop seeds a CPU one per step) and moved: the same noise on every device.
+    gdev = generator.device if generator is not None else x0.device
+    noise = randn_tensor(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (B,), device=gdev, generator=generator)
+    t = t.to(x0.device)
     xt = noise_scheduler.add_noise(x0, noise, t)  # (B, C, H, W)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(x0, noise, t)
