@@ -71,6 +71,8 @@ class TrainConfig:
     eval_metrics: list = field(default_factory=lambda: ["attribute_accuracy"])
     eval_num_samples: int = 200
     export_dtype: str = "float16"
+    max_minutes: float = 0.0  # 0: no limit; else stop cleanly (checkpoint, export, samples) after this much wall time
+    # of this invocation - for a lease or a batch-queue slot; resume goes on from there
 
 
 @dataclass
@@ -661,10 +663,23 @@ def check_train_config(tcfg: TrainConfig) -> None:
             raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
+    if not isinstance(tcfg.max_minutes, (int, float)) or tcfg.max_minutes < 0:
+        raise ValueError(f"train.max_minutes must be a number >= 0 (0: no limit), got {tcfg.max_minutes!r}")
     if tcfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false
         tcfg.mixed_precision = "no"
     if tcfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"train.mixed_precision must be 'no', 'bf16' or 'fp16', got {tcfg.mixed_precision!r}")
+
+
+def out_of_time(acc, deadline: float) -> bool:
+    """Whether the wall-clock deadline has passed, decided by the main process so that every rank stops at the same
+    step (one tiny broadcast per step, only when a limit is set)."""
+    flag = time.time() >= deadline
+    if acc.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(flag)], device=acc.device)).item())
 
 
 def train(recipe: dict, resume: str | None = None, max_steps: int | None = None, runs_dir: str | Path = RUNS_DIR,
@@ -746,6 +761,7 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     bar = tqdm(total=tcfg.max_steps, initial=start, desc=run_dir.name, disable=not (progress and acc.is_main_process),
                dynamic_ncols=True, smoothing=0.1)  # fmt: skip
     step, t_last, last_logs = start, time.time(), {}
+    deadline = t_last + 60 * tcfg.max_minutes if tcfg.max_minutes else None
     while step < tcfg.max_steps:
         for micro in range(tcfg.grad_accum):
             # Fetch training data.
@@ -798,6 +814,9 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
             tb.add_scalar("perf/images_per_second", ips, step)
             log_file.write(json.dumps({"step": step, **last_logs, "images_per_second": round(ips, 2)}) + "\n")
             log_file.flush()
+        if deadline is not None and out_of_time(acc, deadline):
+            acc.print(f"train.max_minutes={tcfg.max_minutes} reached at step {step}: saving and stopping")
+            tcfg.max_steps = step  # the step just taken is the last: checkpoint, export, samples and metrics below
         # Save network snapshot.
         last = step == tcfg.max_steps
         if step % tcfg.checkpoint_every == 0 or last:

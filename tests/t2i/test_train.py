@@ -122,6 +122,22 @@ def test_resume_after_kill(tmp_path, text_encoder):
     assert json.loads((run / "export/config.json").read_text())["step"] == saved + 2
 
 
+def test_max_minutes_stops_cleanly_and_resumes(tmp_path, text_encoder):
+    """train.max_minutes ends the run at the first step past the limit with a checkpoint and an export of that step
+    (a lease or queue slot ends without losing work); resume then goes on to the recipe's own max_steps."""
+    run = _run("stackgan", tmp_path, text_encoder, ["train.max_minutes=0.000001", "train.checkpoint_every=1000"],
+               max_steps=1000)  # fmt: skip
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+    assert json.loads((run / "export/config.json").read_text())["step"] == 1
+    assert (run / "samples/step-000001.png").is_file()
+    recipe = load_recipe(ROOT / "configs/t2i/shapes_stackgan.yaml", DATA + TINY["stackgan"])
+    out = train(recipe, resume=str(run), max_steps=3, runs_dir=tmp_path / "runs", progress=False,
+                text_encoder=text_encoder)  # fmt: skip
+    assert out == run and json.loads((run / "export/config.json").read_text())["step"] == 3
+    with pytest.raises(ValueError, match="train.max_minutes must be a number >= 0"):
+        _run("stackgan", tmp_path, text_encoder, ["train.max_minutes=-1"])
+
+
 def test_non_finite_loss_is_reported(tmp_path, text_encoder, monkeypatch):
     import t2i.losses
 
