@@ -80,13 +80,18 @@ def _cmd_data_encode(args) -> int:
 
     ds = load_dataset(args.path, split=args.split, size=8, length=args.num)
     caps = [c for i in range(len(ds)) for c in (ds.records[i].captions if hasattr(ds, "records") else ds[i].captions)]
-    enc = TextEncoder(args.encoder, max_length=args.max_length, cache_dir=args.cache_dir or default_cache_dir())
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    enc = TextEncoder(args.encoder, max_length=args.max_length, cache_dir=args.cache_dir or default_cache_dir(),
+                      device=device)  # fmt: skip
     t0, chunk = time.time(), 2048
     for i in tqdm(range(0, len(caps), chunk), desc="encoding captions", unit="chunk"):
         enc.encode(caps[i : i + chunk])
     dt = time.time() - t0
     print(
-        f"{len(caps)} captions ({len(set(caps))} distinct) in {dt:.1f}s; cache {enc.cache.root} holds {len(enc.cache)}"
+        f"{len(caps)} captions ({len(set(caps))} distinct) in {dt:.1f}s on {device}; "
+        f"cache {enc.cache.root} holds {len(enc.cache)}"
     )
     return 0
 
@@ -142,6 +147,7 @@ def _configure_data(sub) -> None:
     e.add_argument("--encoder", default=None, help="local HF model folder or hub id (default: bundled MiniLM)")
     e.add_argument("--max-length", type=int, default=32, help="token limit (default 32)")
     e.add_argument("--cache-dir", default=None, help="cache folder (default $MMGAN_CACHE/text or ~/.cache/mmgan/text)")
+    e.add_argument("--device", default=None, help="where the encoder runs (default: cuda when available, else cpu)")
     e.set_defaults(func=_cmd_data_encode)
 
 
