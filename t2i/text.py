@@ -184,17 +184,18 @@ class TextEncoder(torch.nn.Module):
                 out[k] = (hidden[j, :n].cpu(), sent[j].cpu())
         return out
 
-    def encode(self, captions: list[str] | str) -> TextFeatures:
-        """Encode captions (cached when a cache_dir was given) and pad the word features to the longest one."""
+    def encode(self, captions: list[str] | str, cache: bool = True) -> TextFeatures:
+        """Encode captions (cached when a cache_dir was given and `cache`) and pad the word features to the longest
+        one. cache=False for one-off captions (e.g. generated negatives) that would only grow the cache."""
         if isinstance(captions, str):
             captions = [captions]
         if not captions:
             raise ValueError("encode() needs at least one caption")
         with self._encode_lock:
-            return self._encode(list(captions))
+            return self._encode(list(captions), cache)
 
-    def _encode(self, captions: list[str]) -> TextFeatures:
-        if self.cache is None:
+    def _encode(self, captions: list[str], cache: bool = True) -> TextFeatures:
+        if self.cache is None or not cache:
             per = self._forward(list(captions))
         else:
             keys = [caption_key(c) for c in captions]

@@ -55,6 +55,8 @@ class TrainConfig:
     uncond_weight: float = 1.0  # weight of the unconditional real/fake terms
     kl_weight: float = 1.0  # conditioning augmentation KL (StackGAN: 2, AttnGAN: 1)
     lambda_damsm: float = 0.0  # AttnGAN's DAMSM weight (CUB: 5, COCO: 50); needs model.damsm_checkpoint
+    mismatch: str = "batch"  # the D's mismatched captions: "batch" (another image's caption in the batch) or
+    # "near_miss" (Shapes: the image's own scene with one attribute changed, re-captioned; t2i.data.shapes.near_miss)
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -313,6 +315,21 @@ class GANFamily:
         ca_gen = torch.Generator(device=self.acc.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         return G(z, f.sentence, f.words, f.mask, generator=ca_gen)
 
+    def _near_miss_sentences(self, batch, step) -> torch.Tensor:
+        """(B, D) sentence features of captions that get exactly one thing about each image wrong (train.mismatch=
+        near_miss), standardised like D's input when the model uses sentence_norm."""
+        import numpy as np
+
+        from t2i.data.shapes import Scene, caption_scene, near_miss
+
+        if any(a is None for a in batch["attributes"]):
+            raise ValueError("train.mismatch=near_miss needs per-image attributes (the Shapes dataset); this dataset "
+                             "has none: use train.mismatch=batch")  # fmt: skip
+        rng = np.random.default_rng([self.t.seed, step, self.acc.process_index, 11])
+        caps = [caption_scene(near_miss(Scene.from_attributes(a), rng), rng, 1)[0] for a in batch["attributes"]]
+        s = self.encoder.encode(caps, cache=False).sentence.to(self.acc.device)
+        return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
+
     def d_step(self, batch, step):
         f, mis, _ = self._features(batch)
         real = batch["image"].to(self.acc.device)
@@ -330,13 +347,14 @@ class GANFamily:
             # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
             # 6th-power penalty on it kept D from reading the text at all.
             sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
+        wrong = sentence[mis] if self.t.mismatch == "batch" else self._near_miss_sentences(batch, step)
         imgs, sents, leaves = [], [], []
         for x in fake:
             r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)
             s = sentence.detach().clone().requires_grad_(gp)
             leaves.append((r, s))
             imgs.append(torch.cat([r, r, x.detach()]))
-            sents.append(torch.cat([s, sentence[mis], sentence]))
+            sents.append(torch.cat([s, wrong, sentence]))
         outs = self.p["D"](imgs, sents)  # [(cond (3B,), uncond (3B,) | None)]
         out = {"d_adv": 0.0, "d_gp": 0.0}
         for (cond, uncond), (r, s) in zip(outs, leaves):
@@ -663,6 +681,8 @@ def check_train_config(tcfg: TrainConfig) -> None:
             raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
+    if tcfg.mismatch not in ("batch", "near_miss"):
+        raise ValueError(f"train.mismatch must be 'batch' or 'near_miss', got {tcfg.mismatch!r}")
     if not isinstance(tcfg.max_minutes, (int, float)) or tcfg.max_minutes < 0:
         raise ValueError(f"train.max_minutes must be a number >= 0 (0: no limit), got {tcfg.max_minutes!r}")
     if tcfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +295,32 @@ def caption_scene(scene: Scene, rng: np.random.Generator, n: int) -> list[str]:
         text = _fix_articles(t.format(a="a", a1="a", a2="a", bg=bg, **fields))
         out.append(text)
     return out
+
+
+def near_miss(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A scene that differs from `scene` in exactly one thing a caption names: one object's shape, colour, size or
+    (one object) position, or (two objects) which object is where, so the relation between them reverses.
+
+    Hard negatives for matching-aware discriminators: a random other caption almost always differs in colour
+    (7 in 8), so a D that checks colour alone already wins; a near miss makes shape, size, position and relation
+    count too."""
+    objs = list(scene.objects)
+    look = lambda o: (o.shape, o.color, o.size)  # noqa: E731
+    kinds = ["shape", "color", "size"]
+    if len(objs) == 1:
+        kinds.append("position")
+    elif look(objs[0]) != look(objs[1]):  # swapping two identical objects changes nothing
+        kinds.append("swap")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == "swap":
+        a, b = objs
+        return Scene(scene.background, (replace(a, position=b.position), replace(b, position=a.position)))
+    i = int(rng.integers(len(objs)))
+    pool = {"shape": SHAPES, "size": SIZES, "position": POSITIONS,
+            "color": [c for c in COLORS if c != scene.background]}[kind]  # fmt: skip
+    other = [v for v in pool if v != getattr(objs[i], kind)]
+    objs[i] = replace(objs[i], **{kind: other[int(rng.integers(len(other)))]})
+    return Scene(scene.background, tuple(objs))
 
 
 def _fix_articles(text: str) -> str:

@@ -133,3 +133,32 @@ def test_dataset_on_the_fly_and_export_agree(tmp_path):
     # PNG is lossless: the exported image reads back as the on-the-fly tensor.
     assert (disk[3].image - ex.image).abs().max() < 1e-6
     assert disk[3].attributes == ex.attributes
+
+
+def test_near_miss_changes_exactly_one_named_thing():
+    import t2i.data.shapes as S
+    from t2i.data.shapes import near_miss
+    from t2i.train import _describe
+
+    cfg = S.ShapesConfig()
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for i in range(400):
+        scene, _ = S.make_scene(cfg, "train", i)
+        miss = near_miss(scene, rng)
+        assert miss.background == scene.background and len(miss.objects) == len(scene.objects)
+        assert all(o.color != miss.background for o in miss.objects)
+        diffs = [(k, j) for j, (a, b) in enumerate(zip(scene.objects, miss.objects))
+                 for k in ("shape", "color", "size", "position") if getattr(a, k) != getattr(b, k)]  # fmt: skip
+        if len(scene.objects) == 2 and {k for k, _ in diffs} == {"position"}:
+            # the swap: both objects trade cells, so the caption's relation reverses
+            kinds.add("swap")
+            a, b = scene.objects
+            assert miss.objects[0].position == b.position and miss.objects[1].position == a.position
+            assert miss.relation == S._INVERSE[scene.relation]
+        else:
+            assert len(diffs) == 1, (scene, miss)
+            kinds.add(diffs[0][0])
+        # What the training loop's mismatch selection compares: the near miss never describes the same scene.
+        assert _describe(miss.attributes(), "") != _describe(scene.attributes(), "")
+    assert kinds == {"shape", "color", "size", "position", "swap"}

@@ -272,3 +272,34 @@ def test_d_step_ma_gp_equals_reference(family, text_encoder):
     assert torch.allclose(out["d_gp"], ref, rtol=1e-4)
     out["loss"].backward()  # the penalty is differentiable w.r.t. D (double backward)
     assert all(p.grad is not None for p in D.parameters() if p.requires_grad)
+
+
+def test_near_miss_negatives_reach_d(text_encoder, tmp_path):
+    """train.mismatch=near_miss: D's mismatched term reads the sentence of the image's own scene with one attribute
+    changed (seeded by step, so resume draws the same), not another batch caption; a 2-step run trains with it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from t2i.data.shapes import Scene, caption_scene, near_miss
+    from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict
+
+    model = apply_overrides({}, TINY["stackgan"])["model"]
+    fam = GANFamily("stackgan", model, TrainConfig(mismatch="near_miss", lambda_damsm=0))
+    fam.bind(SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m), text_encoder,
+             fam.modules)  # fmt: skip
+    batch = Batches(_from_dict(DataConfig, {"size": 16, "length": 32}, "data"), 4, 0, 1, 0).get(0)
+    got = fam._near_miss_sentences(batch, 7)
+    rng = np.random.default_rng([0, 7, 0, 11])
+    caps = [caption_scene(near_miss(Scene.from_attributes(a), rng), rng, 1)[0] for a in batch["attributes"]]
+    want = text_encoder.encode(caps).sentence
+    assert torch.allclose(got, torch.nn.functional.layer_norm(want, want.shape[-1:]), atol=1e-5)
+    assert torch.equal(got, fam._near_miss_sentences(batch, 7)) and not torch.equal(got, fam._near_miss_sentences(
+        batch, 8))  # fmt: skip
+    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=near_miss"])
+    assert json.loads((run / "export/config.json").read_text())["step"] == 2
+    with pytest.raises(ValueError, match="train.mismatch must be 'batch' or 'near_miss'"):
+        _run("stackgan", tmp_path, text_encoder, ["train.mismatch=hard"])
+    batch["attributes"] = [None] * 4
+    with pytest.raises(ValueError, match="needs per-image attributes"):
+        fam._near_miss_sentences(batch, 0)
