@@ -257,7 +257,7 @@ class GANFamily:
         }
         if tcfg.init_from:
             self._init_generator(G, tcfg.init_from)
-        self.ema = AveragedModel(G, avg_fn=ema_with_warmup(tcfg.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(tcfg.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.damsm = None
         if tcfg.lambda_damsm > 0:
@@ -424,14 +424,24 @@ class GANFamily:
 
 
 def ema_with_warmup(decay: float):
-    """EMA update for AveragedModel with the usual warm-up (as diffusers' EMAModel): the decay used after n updates
-    is min(decay, (1 + n) / (10 + n)), so a short run's EMA is not still mostly its random initialisation."""
+    """EMA update for AveragedModel(multi_avg_fn=...) with the usual warm-up (as diffusers' EMAModel): the decay used
+    after n updates is min(decay, (1 + n) / (10 + n)), so a short run's EMA is not still mostly its random
+    initialisation.
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
-        return averaged * d + current * (1 - d)
+    One fused update per dtype group with the decay computed on the device: a per-parameter avg_fn that read the
+    update count as a Python number forced a device -> host sync for every parameter (~300 per GAN step), which
+    serialised a GPU step behind the host. Integer buffers (BatchNorm's num_batches_tracked) are copied."""
 
-    return avg_fn
+    def multi_avg_fn(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
+        n = num_averaged.to(averaged[0].dtype)
+        d = torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
+
+    return multi_avg_fn
 
 
 class MultiStageD(torch.nn.Module):
@@ -798,8 +808,11 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
                     opt = fam.optimizers[ph.optimizer]
                     with acc.autocast():
                         out = ph.fn(batch, step)
-                    bad = [k for k, v in out.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
-                    if bad:
+                    # One device -> host sync per phase for the check (not one per loss): on a GPU every sync
+                    # stalls the queue of launched work.
+                    losses = [v.detach().float().reshape(-1) for v in out.values() if torch.is_tensor(v)]
+                    if losses and not bool(torch.isfinite(torch.cat(losses)).all()):
+                        bad = [k for k, v in out.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
                         msg = f"step {step}: non-finite loss in phase {ph.name}: " + ", ".join(
                             f"{k}={float(out[k].detach())}" for k in bad)  # fmt: skip
                         if tcfg.on_nonfinite == "stop":
@@ -810,13 +823,9 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
                     acc.backward(out["loss"])
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                    last_logs.update(
-                        {
-                            k: float(v.detach()) if torch.is_tensor(v) else float(v)
-                            for k, v in out.items()
-                            if k != "loss"
-                        }
-                    )
+                    # Kept on the device until a log step reads them (a float() here would sync every step).
+                    last_logs.update({k: v.detach() if torch.is_tensor(v) else v
+                                      for k, v in out.items() if k != "loss"})  # fmt: skip
         step += 1
         state["images_seen"] += tcfg.batch_size * tcfg.grad_accum * acc.num_processes
         now = time.time()
@@ -825,10 +834,11 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
         # Update G_ema.
         fam.after_step(step)
         bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in last_logs.items()}, refresh=False)
 
         if acc.is_main_process and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
             ips = state["images_seen"] / max(state["train_seconds"], 1e-9)
+            last_logs = {k: float(v) for k, v in last_logs.items()}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in last_logs.items()}, refresh=False)
             for k, v in last_logs.items():
                 tb.add_scalar(f"loss/{k}", v, step)
             tb.add_scalar("perf/images_per_second", ips, step)

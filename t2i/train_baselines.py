@@ -51,7 +51,7 @@ class _Base:
         from t2i.train import ema_with_warmup
 
         # The GANs' EMA with warm-up: a CPU-sized run's EMA is not still mostly its random initialisation.
-        ema = AveragedModel(module, avg_fn=ema_with_warmup(self.t.ema_decay), use_buffers=True)
+        ema = AveragedModel(module, multi_avg_fn=ema_with_warmup(self.t.ema_decay), use_buffers=True)
         return ema.requires_grad_(False)
 
     def _per_image(self, cache: dict, batch, encode) -> torch.Tensor:

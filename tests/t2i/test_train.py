@@ -75,12 +75,38 @@ def test_smoke_stackgan_reload_matches_ema(tmp_path, text_encoder):
 
 
 def test_ema_warmup():
+    """The warm-up decay min(0.999, (1 + n) / (10 + n)), applied to float tensors; integer buffers are copied; and
+    AveragedModel with it equals a per-parameter loop written out by hand."""
+    from torch.optim.swa_utils import AveragedModel
+
     from t2i.train import ema_with_warmup
 
     fn = ema_with_warmup(0.999)
-    one, zero = torch.ones(2), torch.zeros(2)
-    assert torch.allclose(fn(zero, one, torch.tensor(0)), torch.full((2,), 0.9))  # decay 1/10 on the first update
-    assert torch.allclose(fn(zero, one, torch.tensor(10**6)), torch.full((2,), 0.001))  # then the nominal 0.999
+    avg, one = [torch.zeros(2), torch.zeros(3)], [torch.ones(2), torch.ones(3)]
+    fn(avg, one, torch.tensor(0))
+    assert all(torch.allclose(a, torch.full_like(a, 0.9)) for a in avg)  # decay 1/10 on the first update
+    avg = [torch.zeros(2)]
+    fn(avg, [torch.ones(2)], torch.tensor(10**6))
+    assert torch.allclose(avg[0], torch.full((2,), 0.001))  # then the nominal 0.999
+    ints = [torch.tensor(3)]
+    fn(ints, [torch.tensor(7)], torch.tensor(5))
+    assert ints[0].item() == 7
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
+    ref = [t.detach().clone() for t in list(net.parameters()) + list(net.buffers())]
+    for k in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(8, 3))  # moves the BatchNorm running statistics
+        ema.update_parameters(net)
+        cur = [t.detach() for t in list(net.parameters()) + list(net.buffers())]
+        d = min(0.99, (1 + k) / (10 + k))  # AveragedModel copies on update 0; update k averages with n = k
+        ref = [c.clone() if k == 0 or not r.is_floating_point() else r * d + c * (1 - d) for r, c in zip(ref, cur)]
+    got = list(ema.module.parameters()) + list(ema.module.buffers())
+    assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(got, ref))
 
 
 def test_smoke_damsm_then_attngan(tmp_path, text_encoder):
