@@ -6,6 +6,8 @@
 # own max_steps are what a GPU or a night of CPU should use:
 #   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
 # The prior and the diffusion model are independent once stage 1 exists: PARALLEL=1 runs them side by side.
+# The bundled prior then had two more legs on an H100 at batch 128 (+427k images; benchmarks/gpu_session.sh with
+# JOBS=vq_prior, see checkpoints/shapes64/vqgan/README.md): this script reproduces the CPU part.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
