@@ -1,6 +1,9 @@
 """Does a GAN checkpoint's discriminator read the caption? Mean logits per stage on one training batch for
 real/matching, real/mismatched and fake/matching pairs (conditional and unconditional), plus the scale of the text
 encoder's sentence and word features. A D that reads the text scores real/mismatched well below real/matching.
+On Shapes it also asks, per kind of near miss (t2i.data.shapes.near_miss: the image's own scene with one shape,
+colour, size, position changed, or two objects swapped), how often D scores the true caption above the near miss on
+the same real image (0.5: D does not check that attribute).
 
     python benchmarks/d_matching.py runs/shapes_stackgan-002 runs/shapes_stackgan-002/checkpoints/step-000250
 """
@@ -56,6 +59,33 @@ def main(argv=None) -> int:
                 u = f"  uncond {uncond.mean():+.3f}" if uncond is not None else ""
                 res = f"{x.shape[-1]}x{x.shape[-1]}"
                 print(f"stage {i} ({res}) {name:16s} cond {cond.mean():+.3f} +- {cond.std():.3f}{u}")
+        if any(a is None for a in batch["attributes"]):
+            return 0
+        import numpy as np
+
+        from t2i.data.shapes import Scene, caption_scene, near_miss
+
+        scenes = [Scene.from_attributes(a) for a in batch["attributes"]]
+        real = batch["image"]
+        for kind in ("color", "shape", "size", "position", "swap"):
+            rng = np.random.default_rng(0)
+            idx, caps = [], []
+            for j, sc in enumerate(scenes):
+                if kind == "position" and len(sc.objects) != 1 or kind == "swap" and len(sc.objects) != 2:
+                    continue
+                try:
+                    caps.append(caption_scene(near_miss(sc, rng, kind), rng, 1)[0])
+                except ValueError:  # e.g. swapping two identical objects
+                    continue
+                idx.append(j)
+            if not idx:
+                continue
+            s_true, s_miss = f.sentence[idx], enc.encode(caps, cache=False).sentence
+            row = []
+            for i, stage in enumerate(D.stages):
+                r = downsample_to(real[idx], fakes[i].shape[-1])
+                row.append(f"{(stage(r, s_true)[0] > stage(r, s_miss)[0]).float().mean():.2f}")
+            print(f"near miss {kind:8s} (n={len(idx):2d}): D prefers the true caption, per stage: {' / '.join(row)}")
     return 0
 
 

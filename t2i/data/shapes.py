@@ -297,13 +297,13 @@ def caption_scene(scene: Scene, rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def near_miss(scene: Scene, rng: np.random.Generator) -> Scene:
+def near_miss(scene: Scene, rng: np.random.Generator, kind: str | None = None) -> Scene:
     """A scene that differs from `scene` in exactly one thing a caption names: one object's shape, colour, size or
     (one object) position, or (two objects) which object is where, so the relation between them reverses.
 
     Hard negatives for matching-aware discriminators: a random other caption almost always differs in colour
     (7 in 8), so a D that checks colour alone already wins; a near miss makes shape, size, position and relation
-    count too."""
+    count too. `kind` forces the change (shape, color, size, position, swap) where the scene allows it."""
     objs = list(scene.objects)
     look = lambda o: (o.shape, o.color, o.size)  # noqa: E731
     kinds = ["shape", "color", "size"]
@@ -311,7 +311,9 @@ def near_miss(scene: Scene, rng: np.random.Generator) -> Scene:
         kinds.append("position")
     elif look(objs[0]) != look(objs[1]):  # swapping two identical objects changes nothing
         kinds.append("swap")
-    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind is not None and kind not in kinds:
+        raise ValueError(f"near miss {kind!r} is not possible for this scene; possible: {kinds}")
+    kind = kind or kinds[int(rng.integers(len(kinds)))]
     if kind == "swap":
         a, b = objs
         return Scene(scene.background, (replace(a, position=b.position), replace(b, position=a.position)))

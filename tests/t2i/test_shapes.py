@@ -162,3 +162,8 @@ def test_near_miss_changes_exactly_one_named_thing():
         # What the training loop's mismatch selection compares: the near miss never describes the same scene.
         assert _describe(miss.attributes(), "") != _describe(scene.attributes(), "")
     assert kinds == {"shape", "color", "size", "position", "swap"}
+    one = next(sc for sc in (S.make_scene(cfg, "train", i)[0] for i in range(50)) if len(sc.objects) == 1)
+    forced = near_miss(one, rng, "shape")
+    assert forced.objects[0].shape != one.objects[0].shape and forced.objects[0].color == one.objects[0].color
+    with pytest.raises(ValueError, match="'swap' is not possible"):
+        near_miss(one, rng, "swap")
