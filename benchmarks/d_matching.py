@@ -18,6 +18,21 @@ import yaml
 from safetensors.torch import load_file
 
 
+def damsm_scores(damsm, images, feats):
+    """Per pair (image i, caption i): DAMSM's sentence cosine and word-level relevance R(Q, D) (AttnGAN eq. 10)."""
+    import torch.nn.functional as F
+
+    from t2i.losses import word_region_attention
+
+    c = damsm.cfg
+    regions, code = damsm.image_encoder(images)
+    w, s = damsm.text_encoder(feats.words, feats.sentence)
+    ctx, _ = word_region_attention(w, feats.mask, regions.flatten(2), c.gamma1)  # (B_cap, B_img, T, E)
+    ar = torch.arange(len(images))
+    r = F.cosine_similarity(ctx[ar, ar], w, dim=-1).mul(c.gamma2).masked_fill(~feats.mask, float("-inf"))
+    return F.cosine_similarity(code, s, dim=-1), torch.logsumexp(r, dim=1) / c.gamma2
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder (its config.yaml)")
@@ -80,12 +95,17 @@ def main(argv=None) -> int:
                 idx.append(j)
             if not idx:
                 continue
-            s_true, s_miss = f.sentence[idx], enc.encode(caps, cache=False).sentence
+            miss = enc.encode(caps, cache=False)
+            s_true, s_miss = f.sentence[idx], miss.sentence
             row = []
             for i, stage in enumerate(D.stages):
                 r = downsample_to(real[idx], fakes[i].shape[-1])
                 row.append(f"{(stage(r, s_true)[0] > stage(r, s_miss)[0]).float().mean():.2f}")
-            print(f"near miss {kind:8s} (n={len(idx):2d}): D prefers the true caption, per stage: {' / '.join(row)}")
+            line = f"near miss {kind:8s} (n={len(idx):2d}): D prefers the true caption, per stage: {' / '.join(row)}"
+            if fam.damsm is not None:  # the generator's other critic: DAMSM's sentence and word matching scores
+                (ts, tw), (ms, mw) = (damsm_scores(fam.damsm.eval(), real[idx], t) for t in (f[idx], miss))
+                line += f"; DAMSM: sentence {(ts > ms).float().mean():.2f}, word {(tw > mw).float().mean():.2f}"
+            print(line)
     return 0
 
 
