@@ -8,6 +8,8 @@
 # END_S: seconds after the start at which the training jobs stop (the final save, evaluation and packing take ~30 s
 # more). The GANs start from scratch with their recipes unchanged; the diffusion model and the VQ prior go on from
 # the bundled weights (train.init_from) at batch 128, which a GPU runs at little extra cost per step.
+# Where only part of the tree can travel: a bundle named by train.init_from must travel whole (on 2026-11-28 the
+# diffusion job refused checkpoints/shapes64/diffusion without its vqvae/: "a pixel-space UNet").
 # A dry run on a CPU machine: REQUIRE_CUDA=0 BENCH=0 FINAL_EVAL=0 END_S=0 MMGAN_CACHE=~/.cache/mmgan bash ...
 # On the project's lent GPU machine (no package index there) it first installs carried wheels (.whl/) and unpacks
 # the text encoder's stand-in (.devcarry/): see benchmarks/device_carry.py.
