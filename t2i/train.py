@@ -55,8 +55,9 @@ class TrainConfig:
     uncond_weight: float = 1.0  # weight of the unconditional real/fake terms
     kl_weight: float = 1.0  # conditioning augmentation KL (StackGAN: 2, AttnGAN: 1)
     lambda_damsm: float = 0.0  # AttnGAN's DAMSM weight (CUB: 5, COCO: 50); needs model.damsm_checkpoint
-    mismatch: str = "batch"  # the D's mismatched captions: "batch" (another image's caption in the batch) or
+    mismatch: str = "batch"  # the D's mismatched captions: "batch" (another image's caption in the batch),
     # "near_miss" (Shapes: the image's own scene with one attribute changed, re-captioned; t2i.data.shapes.near_miss)
+    # or "mixed" (each image's at random, half and half, seeded by step)
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -348,6 +349,10 @@ class GANFamily:
             # 6th-power penalty on it kept D from reading the text at all.
             sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
         wrong = sentence[mis] if self.t.mismatch == "batch" else self._near_miss_sentences(batch, step)
+        if self.t.mismatch == "mixed":
+            g = torch.Generator().manual_seed(hash((self.t.seed, step, self.acc.process_index, 12)) % 2**62)
+            pick = (torch.rand(B, generator=g) < 0.5).to(self.acc.device)[:, None]
+            wrong = torch.where(pick, wrong, sentence[mis])
         imgs, sents, leaves = [], [], []
         for x in fake:
             r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)
@@ -691,8 +696,8 @@ def check_train_config(tcfg: TrainConfig) -> None:
             raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
-    if tcfg.mismatch not in ("batch", "near_miss"):
-        raise ValueError(f"train.mismatch must be 'batch' or 'near_miss', got {tcfg.mismatch!r}")
+    if tcfg.mismatch not in ("batch", "near_miss", "mixed"):
+        raise ValueError(f"train.mismatch must be 'batch', 'near_miss' or 'mixed', got {tcfg.mismatch!r}")
     if not isinstance(tcfg.max_minutes, (int, float)) or tcfg.max_minutes < 0:
         raise ValueError(f"train.max_minutes must be a number >= 0 (0: no limit), got {tcfg.max_minutes!r}")
     if tcfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false

@@ -324,7 +324,9 @@ def test_near_miss_negatives_reach_d(text_encoder, tmp_path):
         batch, 8))  # fmt: skip
     run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=near_miss"])
     assert json.loads((run / "export/config.json").read_text())["step"] == 2
-    with pytest.raises(ValueError, match="train.mismatch must be 'batch' or 'near_miss'"):
+    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=mixed"])
+    assert json.loads((run / "export/config.json").read_text())["step"] == 2
+    with pytest.raises(ValueError, match="train.mismatch must be 'batch', 'near_miss' or 'mixed'"):
         _run("stackgan", tmp_path, text_encoder, ["train.mismatch=hard"])
     batch["attributes"] = [None] * 4
     with pytest.raises(ValueError, match="needs per-image attributes"):
