@@ -308,7 +308,7 @@ class GANFamily:
 
     def _noise(self, B, step, salt):
         # Integer tuples hash the same in every process (strings would not): salt is 0 (D phase) or 1 (G phase).
-        g = torch.Generator().manual_seed(hash((self.t.seed, step, self.acc.process_index, salt)) % 2**62)
+        g = step_generator(self.t.seed, step, self.acc.process_index, salt)
         return torch.randn(B, self.cfg.z_dim, generator=g).to(self.acc.device), g
 
     def _g_forward(self, G, batch, f, step, salt):
@@ -350,7 +350,7 @@ class GANFamily:
             sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
         wrong = sentence[mis] if self.t.mismatch == "batch" else self._near_miss_sentences(batch, step)
         if self.t.mismatch == "mixed":
-            g = torch.Generator().manual_seed(hash((self.t.seed, step, self.acc.process_index, 12)) % 2**62)
+            g = step_generator(self.t.seed, step, self.acc.process_index, 12)
             pick = (torch.rand(B, generator=g) < 0.5).to(self.acc.device)[:, None]
             wrong = torch.where(pick, wrong, sentence[mis])
         imgs, sents, leaves = [], [], []
@@ -426,6 +426,12 @@ class GANFamily:
 
     def state_modules(self) -> dict:
         return {"G": self.acc.unwrap_model(self.p["G"]), "D": self.acc.unwrap_model(self.p["D"]), "G_ema": self.ema}
+
+
+def step_generator(seed: int, step: int, rank: int, salt: int) -> torch.Generator:
+    """A CPU generator for one (step, process, purpose): integer tuples hash identically in every process, so resumed
+    and multi-process runs draw the same noise."""
+    return torch.Generator().manual_seed(hash((seed, step, rank, salt)) % 2**62)
 
 
 def ema_with_warmup(decay: float):

@@ -22,11 +22,6 @@ def _from_dict(cls, d: dict, where: str):
     return f(cls, d, where)
 
 
-def _step_generator(seed: int, step: int, rank: int, salt: int) -> torch.Generator:
-    # Integer tuples hash identically in every process, so resumed and multi-process runs draw the same noise.
-    return torch.Generator().manual_seed(hash((seed, step, rank, salt)) % 2**62)
-
-
 class _Base:
     """Shared plumbing: binding to the accelerator, caption features, the EMA of the trained network."""
 
@@ -42,8 +37,9 @@ class _Base:
 
     def _dropped(self, batch, step: int, p: float):
         from t2i.models.diffusion import drop_captions
+        from t2i.train import step_generator
 
-        return drop_captions(batch["captions"], p, _step_generator(self.t.seed, step, self.acc.process_index, 7))
+        return drop_captions(batch["captions"], p, step_generator(self.t.seed, step, self.acc.process_index, 7))
 
     def _make_ema(self, module):
         from torch.optim.swa_utils import AveragedModel
@@ -189,10 +185,11 @@ class DiffusionFamily(_Base):
 
     def step(self, batch, step):
         from t2i.models.diffusion import diffusion_loss
+        from t2i.train import step_generator
 
         f = self._features(self._dropped(batch, step, self.cfg.caption_dropout))
         x0 = self._x0(batch)
-        g = _step_generator(self.t.seed, step, self.acc.process_index, 3)
+        g = step_generator(self.t.seed, step, self.acc.process_index, 3)
         loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g, self.p.get("word_adapter"))
         return {"mse": loss, "loss": loss}
 
