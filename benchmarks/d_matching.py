@@ -22,15 +22,13 @@ def damsm_scores(damsm, images, feats):
     """Per pair (image i, caption i): DAMSM's sentence cosine and word-level relevance R(Q, D) (AttnGAN eq. 10)."""
     import torch.nn.functional as F
 
-    from t2i.losses import word_region_attention
+    from t2i.losses import word_relevance
 
     c = damsm.cfg
     regions, code = damsm.image_encoder(images)
     w, s = damsm.text_encoder(feats.words, feats.sentence)
-    ctx, _ = word_region_attention(w, feats.mask, regions.flatten(2), c.gamma1)  # (B_cap, B_img, T, E)
-    ar = torch.arange(len(images))
-    r = F.cosine_similarity(ctx[ar, ar], w, dim=-1).mul(c.gamma2).masked_fill(~feats.mask, float("-inf"))
-    return F.cosine_similarity(code, s, dim=-1), torch.logsumexp(r, dim=1) / c.gamma2
+    return F.cosine_similarity(code, s, dim=-1), word_relevance(w, feats.mask, regions.flatten(2), c.gamma1,
+                                                                 c.gamma2).diagonal()  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -129,8 +129,12 @@ def damsm_word_loss(
 ) -> torch.Tensor:
     """L_w: R(Q_j, D_i) = (1 / gamma2) log sum_t exp(gamma2 cos(c_t, e_t)) over the real words t; softmax over
     gamma3 * R in both directions. words (B, T, E), mask (B, T) bool, regions (B, E, N)."""
+    return _pair_ce(gamma3 * word_relevance(words, mask, regions, gamma1, gamma2).t(), same)
+
+
+def word_relevance(words, mask, regions, gamma1: float = 4.0, gamma2: float = 5.0) -> torch.Tensor:
+    """AttnGAN's word-level image-text relevance R(Q, D) for every (caption i, image j): (B_cap, B_img)."""
     context, _ = word_region_attention(words, mask, regions, gamma1)
     r = F.cosine_similarity(context, words[:, None].expand_as(context), dim=-1)  # (B_cap, B_img, T)
     r = (gamma2 * r).masked_fill(~mask[:, None, :], float("-inf"))
-    rel = torch.logsumexp(r, dim=2) / gamma2  # (B_cap, B_img)
-    return _pair_ce(gamma3 * rel.t(), same)
+    return torch.logsumexp(r, dim=2) / gamma2
