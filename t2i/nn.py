@@ -11,10 +11,11 @@ import torch.nn.functional as F
 class ConditioningAugmentation(nn.Module):
     """StackGAN's CA: sentence (B, D) -> mu, logvar (B, C); c = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
 
-    def __init__(self, text_dim: int, cond_dim: int, sentence_norm: bool = False):
+    def __init__(self, text_dim: int, cond_dim: int, sentence_norm: bool = False, noise: float = 1.0):
         super().__init__()
         self.fc = nn.Linear(text_dim, cond_dim * 4)  # GLU halves it: 2 * cond_dim = (mu, logvar)
-        self.cond_dim, self.sentence_norm = cond_dim, sentence_norm
+        # noise scales the sample: 1 is the paper's CA, 0 makes c = mu (deterministic; the KL then only bounds mu).
+        self.cond_dim, self.sentence_norm, self.noise = cond_dim, sentence_norm, float(noise)
 
     def forward(self, sentence: torch.Tensor, generator: torch.Generator | None = None, eps=None):
         """eps (B, C): the sampling noise, when the caller draws it (pipelines draw it up front per image)."""
@@ -24,7 +25,9 @@ class ConditioningAugmentation(nn.Module):
         mu, logvar = h[:, : self.cond_dim], h[:, self.cond_dim :]
         if eps is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
+        if self.noise == 0.0:
+            return mu, mu, logvar
+        return mu + self.noise * torch.exp(0.5 * logvar) * eps, mu, logvar
 
 
 class CondBatchNorm(nn.Module):

@@ -277,7 +277,7 @@ class GANFamily:
         src = resolve_checkpoint(path)
         cfg = json.loads((src / "config.json").read_text())
         mine = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
-        diff = sorted(k for k in mine if k not in ("damsm_checkpoint", "stage1_checkpoint", "train_stage")
+        diff = sorted(k for k in mine if k not in ("damsm_checkpoint", "stage1_checkpoint", "train_stage", "ca_noise")
                       and k in cfg.get("model", {}) and cfg["model"][k] != mine[k])  # fmt: skip
         if cfg.get("family") != self.family or diff:
             raise ValueError(f"train.init_from={path}: a {cfg.get('family')} generator whose model differs from "

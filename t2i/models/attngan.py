@@ -36,6 +36,10 @@ class AttnGANConfig:
     # Standardise the sentence feature (parameter-free LayerNorm) before CA and D. MiniLM's is unit-norm, ~0.04 per
     # dimension: without this the text is ~1% of the CA noise at init and takes thousands of steps to be heard.
     sentence_norm: bool = True
+    # Scale of CA's sampling noise (1 = the paper). At 1 the KL holds sigma near 1 while the caption spreads mu far
+    # less: on the Shapes bundles a linear probe reads position from mu at 0.92 but from c at 0.36-0.56
+    # (benchmarks/ca_probe.py), so the generator barely sees where to draw. 0 conditions on mu alone.
+    ca_noise: float = 1.0
     d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
     uncond_logits: bool = True
     damsm_checkpoint: str | None = None  # a pretrained DAMSM folder; needed when lambda_damsm > 0
@@ -120,7 +124,7 @@ class AttnGANGenerator(nn.Module):
     def __init__(self, cfg: AttnGANConfig):
         super().__init__()
         self.cfg = cfg
-        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm)
+        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm, cfg.ca_noise)
         self.init = InitStage(cfg)
         self.refine = nn.ModuleList(RefineStage(cfg) for _ in cfg.stages[1:])
         self.heads = nn.ModuleList(image_head(cfg.ngf) for _ in cfg.stages)

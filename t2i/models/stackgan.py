@@ -35,6 +35,10 @@ class StackGANConfig:
     # Standardise the sentence feature (parameter-free LayerNorm) before CA and D. MiniLM's is unit-norm, ~0.04 per
     # dimension: without this the text is ~1% of the CA noise at init and takes thousands of steps to be heard.
     sentence_norm: bool = True
+    # Scale of CA's sampling noise (1 = the paper). At 1 the KL holds sigma near 1 while the caption spreads mu far
+    # less: on the Shapes bundles a linear probe reads position from mu at 0.92 but from c at 0.36-0.56
+    # (benchmarks/ca_probe.py), so the generator barely sees where to draw. 0 conditions on mu alone.
+    ca_noise: float = 1.0
     d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
     uncond_logits: bool = True  # discriminators also output an unconditional real/fake logit
     train_stage: str = "joint"  # "joint" or "stage2" (frozen stage I from stage1_checkpoint)
@@ -71,7 +75,7 @@ class Stage1Generator(nn.Module):
 
     def __init__(self, cfg: StackGANConfig):
         super().__init__()
-        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm)
+        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm, cfg.ca_noise)
         c0 = cfg.ngf * 8
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.cond_dim, c0 * 16 * 2, bias=False),
                                 nn.BatchNorm1d(c0 * 16 * 2), nn.GLU(dim=1))  # fmt: skip
@@ -95,7 +99,7 @@ class Stage2Generator(nn.Module):
 
     def __init__(self, cfg: StackGANConfig):
         super().__init__()
-        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm)
+        self.ca = ConditioningAugmentation(cfg.text_dim, cfg.cond_dim, cfg.sentence_norm, cfg.ca_noise)
         g = cfg.ngf
         self.encode = nn.Sequential(
             nn.Conv2d(3, g, 3, 1, 1),
