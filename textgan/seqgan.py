@@ -78,6 +78,10 @@ class TrainConfig:
     rollout_num: int = 16
     rollout_update_rate: float = 0.8  # rollout <- rate * rollout + (1 - rate) * generator after each g-step
     reward_baseline: str = "none"  # none | mean (per position, over the batch)
+    # mean: the policy-gradient loss averaged over tokens (the paper's equation). sum: summed over the batch's tokens,
+    # as SeqGAN's code does; with grad_clip 5 the gradient is then clipped on every step (its norm is ~B*T times the
+    # mean's), so each Adam step has the same size however small the rewards get once D wins.
+    pg_reduction: str = "mean"
     # evaluation during training
     init_from: str = ""  # start the generator (and tokenizer) from this checkpoint, e.g. the MLE baseline's model
     eval_every: int = 5  # MLE epochs / adversarial steps
@@ -163,6 +167,9 @@ def load_config(spec: str, overrides: list[str] | None = None) -> TrainConfig:
     cfg = replace(cfg, **raw)
     if cfg.task not in ("oracle", "text") or cfg.mode not in ("seqgan", "mle"):
         raise ValueError(f"task must be oracle|text and mode seqgan|mle, got {cfg.task}/{cfg.mode}")
+    if cfg.reward_baseline not in ("none", "mean") or cfg.pg_reduction not in ("mean", "sum"):
+        raise ValueError(f"reward_baseline must be none|mean and pg_reduction mean|sum, got "
+                         f"{cfg.reward_baseline!r}/{cfg.pg_reduction!r}")  # fmt: skip
     return cfg
 
 
@@ -243,12 +250,14 @@ def update_rollout(rollout: Generator, gen: Generator, rate: float) -> None:
             pr.mul_(rate).add_(pg, alpha=1 - rate)
 
 
-def pg_loss(gen: Generator, x: torch.Tensor, rewards: torch.Tensor, baseline: str = "none") -> torch.Tensor:
-    """REINFORCE: -mean over real tokens of log G(x_t | x_<t) * (Q_t - b_t)."""
+def pg_loss(gen: Generator, x: torch.Tensor, rewards: torch.Tensor, baseline: str = "none",
+            reduction: str = "mean") -> torch.Tensor:  # fmt: skip
+    """REINFORCE: -mean (or sum) over real tokens of log G(x_t | x_<t) * (Q_t - b_t)."""
     m = gen.token_mask(x)
     if baseline == "mean":
         rewards = rewards - (rewards * m).sum(0) / m.sum(0).clamp(min=1)
-    return -(gen.log_probs(x) * rewards * m).sum() / m.sum()
+    total = -(gen.log_probs(x) * rewards * m).sum()
+    return total if reduction == "sum" else total / m.sum()
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -608,7 +617,7 @@ def train(
                 rewards = rollout_rewards(rollout, dis, x, cfg.rollout_num)  # (B, T)
                 t_roll = time.time() - t0
                 # Policy-gradient step.
-                loss = pg_loss(gen, x, rewards, cfg.reward_baseline)
+                loss = pg_loss(gen, x, rewards, cfg.reward_baseline, cfg.pg_reduction)
                 adv_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip)

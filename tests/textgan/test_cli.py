@@ -95,6 +95,8 @@ def test_bad_input_messages(tmp_path, corpus, capsys):
         assert rc == 2 and msg in capsys.readouterr().err
     assert main(["train", "coco_mle", "no_such_key=1"]) == 2
     assert "unknown config keys" in capsys.readouterr().err
+    assert main(["train", "oracle_seqgan", "pg_reduction=median"]) == 2
+    assert "pg_reduction mean|sum" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a textgan checkpoint" in capsys.readouterr().err
 

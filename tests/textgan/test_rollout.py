@@ -102,3 +102,5 @@ def test_pg_loss_gradient_sign_and_baseline():
     m = gen.token_mask(x)
     assert torch.allclose(loss, -(gen.log_probs(x) * r * m).sum() / m.sum())
     assert torch.isfinite(pg_loss(gen, x, r, "mean"))
+    # SeqGAN's code sums over the batch's tokens: the same loss times the token count.
+    assert torch.allclose(pg_loss(gen, x, r, reduction="sum"), loss * m.sum())
