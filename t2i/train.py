@@ -316,9 +316,10 @@ class GANFamily:
         ca_gen = torch.Generator(device=self.acc.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         return G(z, f.sentence, f.words, f.mask, generator=ca_gen)
 
-    def _near_miss_sentences(self, batch, step) -> torch.Tensor:
+    def _near_miss_sentences(self, batch, step, rows: list[int] | None = None) -> torch.Tensor:
         """(B, D) sentence features of captions that get exactly one thing about each image wrong (train.mismatch=
-        near_miss), standardised like D's input when the model uses sentence_norm."""
+        near_miss), standardised like D's input when the model uses sentence_norm; (len(rows), D) for those images
+        only when rows is given (mixed: the other half is never encoded)."""
         import numpy as np
 
         from t2i.data.shapes import Scene, caption_scene, near_miss
@@ -327,7 +328,8 @@ class GANFamily:
             raise ValueError("train.mismatch=near_miss needs per-image attributes (the Shapes dataset); this dataset "
                              "has none: use train.mismatch=batch")  # fmt: skip
         rng = np.random.default_rng([self.t.seed, step, self.acc.process_index, 11])
-        caps = [caption_scene(near_miss(Scene.from_attributes(a), rng), rng, 1)[0] for a in batch["attributes"]]
+        attrs = batch["attributes"] if rows is None else [batch["attributes"][i] for i in rows]
+        caps = [caption_scene(near_miss(Scene.from_attributes(a), rng), rng, 1)[0] for a in attrs]
         s = self.encoder.encode(caps, cache=False).sentence.to(self.acc.device)
         return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
@@ -348,11 +350,16 @@ class GANFamily:
             # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
             # 6th-power penalty on it kept D from reading the text at all.
             sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
-        wrong = sentence[mis] if self.t.mismatch == "batch" else self._near_miss_sentences(batch, step)
-        if self.t.mismatch == "mixed":
+        if self.t.mismatch == "near_miss":
+            wrong = self._near_miss_sentences(batch, step)
+        else:
+            wrong = sentence[mis]
+        if self.t.mismatch == "mixed":  # half the images (seeded per step) get a near miss instead
             g = step_generator(self.t.seed, step, self.acc.process_index, 12)
-            pick = (torch.rand(B, generator=g) < 0.5).to(self.acc.device)[:, None]
-            wrong = torch.where(pick, wrong, sentence[mis])
+            rows = (torch.rand(B, generator=g) < 0.5).nonzero().flatten().tolist()
+            if rows:
+                wrong = wrong.index_copy(0, torch.tensor(rows, device=wrong.device),
+                                         self._near_miss_sentences(batch, step, rows))  # fmt: skip
         imgs, sents, leaves = [], [], []
         for x in fake:
             r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)

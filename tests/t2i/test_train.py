@@ -322,6 +322,12 @@ def test_near_miss_negatives_reach_d(text_encoder, tmp_path):
     assert torch.allclose(got, torch.nn.functional.layer_norm(want, want.shape[-1:]), atol=1e-5)
     assert torch.equal(got, fam._near_miss_sentences(batch, 7)) and not torch.equal(got, fam._near_miss_sentences(
         batch, 8))  # fmt: skip
+    # mixed encodes only the rows it uses (same draws as near_miss over those images).
+    rng = np.random.default_rng([0, 7, 0, 11])
+    caps = [caption_scene(near_miss(Scene.from_attributes(batch["attributes"][i]), rng), rng, 1)[0] for i in (1, 3)]
+    want = text_encoder.encode(caps).sentence
+    assert torch.allclose(fam._near_miss_sentences(batch, 7, [1, 3]), torch.nn.functional.layer_norm(
+        want, want.shape[-1:]), atol=1e-5)  # fmt: skip
     run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=near_miss"])
     assert json.loads((run / "export/config.json").read_text())["step"] == 2
     run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=mixed"])
