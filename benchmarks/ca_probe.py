@@ -20,34 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sentence_probe import ATTRS, fit  # noqa: E402
-
-
-def one_object_captions(cfg, split: str, n: int, per_scene: int = 2):
-    """Captions of the one-object scenes among the first n of a split, with their attribute labels."""
-    import t2i.data.shapes as S
-
-    caps, ys = [], {k: [] for k in ATTRS}
-    for i in range(n):
-        scene, rng = S.make_scene(cfg, split, i)
-        if len(scene.objects) == 1:
-            for c in S.caption_scene(scene, rng, per_scene):
-                caps.append(c)
-                for k in ATTRS:
-                    ys[k].append(getattr(scene.objects[0], k))
-    return caps, ys
-
-
-def probe(xtr, ytr_raw, xte, yte_raw) -> float:
-    """Standardise on train, fit, -> test accuracy."""
-    import torch
-
-    labels = sorted(set(ytr_raw))
-    ytr = torch.tensor([labels.index(v) for v in ytr_raw])
-    yte = torch.tensor([labels.index(v) for v in yte_raw])
-    m, s = xtr.mean(0), xtr.std(0) + 1e-6
-    w, b = fit((xtr - m) / s, ytr, len(labels))
-    return round((((xte - m) / s @ w + b).argmax(1) == yte).float().mean().item(), 4)
+from sentence_probe import ATTRS, encode_sentences, one_object_captions, probe  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -68,13 +41,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     enc = TextEncoder(cache_dir=default_cache_dir())
     cfg = S.ShapesConfig()
-    tr_c, tr_y = one_object_captions(cfg, "train", args.train_scenes)
-    te_c, te_y = one_object_captions(cfg, "test", args.test_scenes)
-
-    def sentences(caps):
-        return torch.cat([enc.encode(caps[i : i + 2048]).sentence for i in range(0, len(caps), 2048)])
-
-    xtr, xte = sentences(tr_c), sentences(te_c)
+    tr_c, tr_y = one_object_captions(cfg, "train", args.train_scenes, per_scene=2)
+    te_c, te_y = one_object_captions(cfg, "test", args.test_scenes, per_scene=2)
+    xtr, xte = encode_sentences(enc, tr_c), encode_sentences(enc, te_c)
     out = {"train_captions": len(tr_c), "test_captions": len(te_c), "models": {}}
     for path in args.checkpoints:
         G = load_pipeline(path).generator

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,6 +42,40 @@ def fit(x, y, classes: int):
     return w.detach(), b.detach()
 
 
+def probe(xtr, ytr_raw, xte, yte_raw) -> float:
+    """Standardise on the train features, fit, -> test accuracy (labels are any sortable values)."""
+    import torch
+
+    labels = sorted(set(ytr_raw))
+    ytr = torch.tensor([labels.index(v) for v in ytr_raw])
+    yte = torch.tensor([labels.index(v) for v in yte_raw])
+    m, s = xtr.mean(0), xtr.std(0) + 1e-6
+    w, b = fit((xtr - m) / s, ytr, len(labels))
+    return round((((xte - m) / s @ w + b).argmax(1) == yte).float().mean().item(), 4)
+
+
+def one_object_captions(cfg, split: str, n: int, per_scene: int = 5):
+    """Captions of the one-object scenes among the first n of a split, with their attribute labels."""
+    import t2i.data.shapes as S
+
+    caps, ys = [], {k: [] for k in ATTRS}
+    for i in range(n):
+        scene, rng = S.make_scene(cfg, split, i)
+        if len(scene.objects) == 1:
+            for c in S.caption_scene(scene, rng, per_scene):
+                caps.append(c)
+                for k in ATTRS:
+                    ys[k].append(getattr(scene.objects[0], k))
+    return caps, ys
+
+
+def encode_sentences(enc, caps, cache: bool = True):
+    """(N, D) sentence features of caps, encoded in chunks of 2,048."""
+    import torch
+
+    return torch.cat([enc.encode(caps[i : i + 2048], cache=cache).sentence for i in range(0, len(caps), 2048)])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-scenes", type=int, default=10000)
@@ -58,33 +93,16 @@ def main(argv=None) -> int:
     enc = TextEncoder(cache_dir=default_cache_dir())
     cfg = S.ShapesConfig()
 
-    def one_object(split, n):
-        caps, ys = [], {k: [] for k in ATTRS}
-        for i in range(n):
-            scene, rng = S.make_scene(cfg, split, i)
-            if len(scene.objects) == 1:
-                for c in S.caption_scene(scene, rng, 5):
-                    caps.append(c)
-                    for k in ATTRS:
-                        ys[k].append(getattr(scene.objects[0], k))
-        return caps, ys
-
     def sentences(caps, cache=True):
-        return torch.cat([enc.encode(caps[i : i + 2048], cache=cache).sentence for i in range(0, len(caps), 2048)])
+        return encode_sentences(enc, caps, cache)
 
-    tr_c, tr_y = one_object("train", args.train_scenes)
-    te_c, te_y = one_object("test", args.test_scenes)
+    tr_c, tr_y = one_object_captions(cfg, "train", args.train_scenes)
+    te_c, te_y = one_object_captions(cfg, "test", args.test_scenes)
     xtr, xte = sentences(tr_c), sentences(te_c)
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     out = {"train_captions": len(tr_c), "test_captions": len(te_c), "probe_test_accuracy": {}, "chance": {}}
     for k in ATTRS:
-        labels = sorted(set(tr_y[k]))
-        ytr = torch.tensor([labels.index(v) for v in tr_y[k]])
-        yte = torch.tensor([labels.index(v) for v in te_y[k]])
-        w, b = fit(xtr, ytr, len(labels))
-        out["probe_test_accuracy"][k] = round(((xte @ w + b).argmax(1) == yte).float().mean().item(), 4)
-        out["chance"][k] = round(float(np.bincount(yte.numpy()).max() / len(yte)), 4)
+        out["probe_test_accuracy"][k] = probe(xtr, tr_y[k], xte, te_y[k])
+        out["chance"][k] = round(Counter(te_y[k]).most_common(1)[0][1] / len(te_y[k]), 4)
 
     # Distances after the per-vector standardisation D and the CA read (layer_norm), over 600 train scenes.
     rng = np.random.default_rng(0)
