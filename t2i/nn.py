@@ -23,10 +23,10 @@ class ConditioningAugmentation(nn.Module):
             sentence = F.layer_norm(sentence, sentence.shape[-1:])
         h = F.glu(self.fc(sentence), dim=1)  # (B, 2C)
         mu, logvar = h[:, : self.cond_dim], h[:, self.cond_dim :]
+        if self.noise == 0.0:  # no sample to draw
+            return mu, mu, logvar
         if eps is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        if self.noise == 0.0:
-            return mu, mu, logvar
         return mu + self.noise * torch.exp(0.5 * logvar) * eps, mu, logvar
 
 
