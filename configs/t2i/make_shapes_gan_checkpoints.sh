@@ -18,7 +18,7 @@ run_of() { sed -n 's/^run folder: \([^ ]*\).*/\1/p' "$1" | tail -n1; }
 $T2I data encode shapes --num 10000            # pre-encode the training captions once (cached on disk)
 
 stackgan() {
-  $T2I train configs/t2i/shapes_stackgan.yaml --max-steps "${STACKGAN_STEPS:-13500}" --no-progress > "$LOGS/stackgan.out"
+  $T2I train configs/t2i/shapes_stackgan.yaml --max-steps "${STACKGAN_STEPS:-18500}" --no-progress > "$LOGS/stackgan.out"
 }
 attngan() {
   $T2I train configs/t2i/shapes_damsm.yaml --max-steps "${DAMSM_STEPS:-500}" --no-progress > "$LOGS/damsm.out"
