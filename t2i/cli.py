@@ -84,7 +84,7 @@ def _cmd_data_encode(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     enc = TextEncoder(args.encoder, max_length=args.max_length, cache_dir=args.cache_dir or default_cache_dir(),
-                      device=device)  # fmt: skip
+                      device=device, layer=args.text_layer)  # fmt: skip
     t0, chunk = time.time(), 2048
     for i in tqdm(range(0, len(caps), chunk), desc="encoding captions", unit="chunk"):
         enc.encode(caps[i : i + chunk])
@@ -146,6 +146,8 @@ def _configure_data(sub) -> None:
     e.add_argument("--num", type=int, default=None, help="first N images only (Shapes: default 50000)")
     e.add_argument("--encoder", default=None, help="local HF model folder or hub id (default: bundled MiniLM)")
     e.add_argument("--max-length", type=int, default=32, help="token limit (default 32)")
+    e.add_argument("--text-layer", type=int, default=-1,
+                   help="hidden state the word features come from, as data.text_layer (default -1: last)")  # fmt: skip
     e.add_argument("--cache-dir", default=None, help="cache folder (default $MMGAN_CACHE/text or ~/.cache/mmgan/text)")
     e.add_argument("--device", default=None, help="where the encoder runs (default: cuda when available, else cpu)")
     e.set_defaults(func=_cmd_data_encode)

@@ -15,16 +15,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 GAN_FAMILIES = ("stackgan", "attngan")
-_ENCODERS: dict = {}  # (name, max_length) -> TextEncoder, shared by every pipeline in the process
+_ENCODERS: dict = {}  # (name, max_length, layer) -> TextEncoder, shared by every pipeline in the process
 
 
-def shared_text_encoder(name_or_path: str | None = None, max_length: int = 32):
-    """One frozen TextEncoder per (name, max_length) per process, with the on-disk feature cache."""
+def shared_text_encoder(name_or_path: str | None = None, max_length: int = 32, layer: int = -1):
+    """One frozen TextEncoder per (name, max_length, word-feature layer) per process, with the on-disk cache."""
     from t2i.text import TextEncoder, default_cache_dir
 
-    key = (name_or_path, max_length)
+    key = (name_or_path, max_length, int(layer))
     if key not in _ENCODERS:
-        _ENCODERS[key] = TextEncoder(name_or_path, max_length=max_length, cache_dir=default_cache_dir())
+        _ENCODERS[key] = TextEncoder(name_or_path, max_length=max_length, cache_dir=default_cache_dir(), layer=layer)
     return _ENCODERS[key]
 
 
@@ -47,7 +47,7 @@ class T2IPipeline:
     """StackGAN/AttnGAN inference: captions -> text features -> noise + generator -> final-stage images."""
 
     def __init__(self, family: str, generator: torch.nn.Module, model_cfg, text_encoder_name=None, max_length=32,
-                 text_encoder=None):  # fmt: skip
+                 text_encoder=None, text_layer: int = -1):  # fmt: skip
         self._encoder = text_encoder  # an already loaded TextEncoder (training), else the shared one on first use
         self.family = family
         self.generator = generator.eval().float()
@@ -56,12 +56,13 @@ class T2IPipeline:
         self.z_dim = int(model_cfg.z_dim)
         self.text_encoder_name = text_encoder_name
         self.max_length = max_length
+        self.text_layer = int(text_layer)
         self.device = torch.device("cpu")
 
     @property
     def text_encoder(self):
         if self._encoder is None:
-            self._encoder = shared_text_encoder(self.text_encoder_name, self.max_length)
+            self._encoder = shared_text_encoder(self.text_encoder_name, self.max_length, self.text_layer)
         return self._encoder
 
     def to(self, device) -> T2IPipeline:
@@ -106,7 +107,7 @@ class T2IPipeline:
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
         return export_generator(path, self.family, self.generator, self.model_cfg, self.text_encoder_name,
-                                self.max_length, dtype, extra)  # fmt: skip
+                                self.max_length, dtype, extra, text_layer=self.text_layer)  # fmt: skip
 
 
 def _pad_t(a: torch.Tensor, T: int) -> torch.Tensor:
@@ -115,7 +116,7 @@ def _pad_t(a: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def export_generator(path, family, generator, model_cfg, text_encoder_name=None, max_length=32,
-                     dtype=torch.float16, extra: dict | None = None) -> Path:  # fmt: skip
+                     dtype=torch.float16, extra: dict | None = None, *, text_layer: int = -1) -> Path:  # fmt: skip
     """Write config.json + generator.safetensors into `path` atomically (a tmp folder, then renamed into place)."""
 
     def write(tmp: Path) -> None:
@@ -123,7 +124,7 @@ def export_generator(path, family, generator, model_cfg, text_encoder_name=None,
                  for k, v in generator.state_dict().items()}  # fmt: skip
         save_file(state, str(tmp / "generator.safetensors"))
         cfg = {"family": family, "resolution": int(model_cfg.resolution), "model": asdict(model_cfg),
-               "text_encoder": {"name_or_path": text_encoder_name, "max_length": max_length},
+               "text_encoder": {"name_or_path": text_encoder_name, "max_length": max_length, "layer": int(text_layer)},
                "dtype": str(dtype).replace("torch.", ""), **(extra or {})}  # fmt: skip
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -195,5 +196,7 @@ def load_pipeline(path: str | Path, device=None):
             f"{weights}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     te = cfg.get("text_encoder", {})
-    pipe = T2IPipeline(family, G, mcfg, te.get("name_or_path"), int(te.get("max_length", 32)))
+    pipe = T2IPipeline(
+        family, G, mcfg, te.get("name_or_path"), int(te.get("max_length", 32)), text_layer=int(te.get("layer", -1))
+    )  # exports from before the option: the last layer
     return pipe.to(device) if device is not None else pipe

@@ -51,9 +51,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MMGAN_CACHE", Path.home() / ".cache" / "mmgan")) / "text"
 
 
-def _fingerprint(name_or_path: str, max_length: int) -> str:
-    """Identify the encoder's weights: config + weight file names and sizes for a folder, else the hub id."""
-    h = hashlib.sha256(f"max_length={max_length}".encode())
+def _fingerprint(name_or_path: str, max_length: int, layer: int = -1) -> str:
+    """Identify the encoder's weights: config + weight file names and sizes for a folder, else the hub id (and the
+    word-feature layer when it is not the last, so caches made before the option existed stay valid)."""
+    h = hashlib.sha256(f"max_length={max_length}".encode() + (f";layer={layer}".encode() if layer != -1 else b""))
     p = Path(name_or_path)
     if p.is_dir():
         cfg = p / "config.json"
@@ -123,7 +124,14 @@ class FeatureCache:
 
 
 class TextEncoder(torch.nn.Module):
-    """Frozen transformer: captions -> TextFeatures(words (B, T, D), mask (B, T), sentence (B, D))."""
+    """Frozen transformer: captions -> TextFeatures(words (B, T, D), mask (B, T), sentence (B, D)).
+
+    `layer` picks the hidden state the word features come from: -1 (default) the last, k the output of block k
+    (0 = the embeddings). The sentence feature is always the last layer's mean pooling, the feature the sentence
+    model was trained to produce. Why a middle layer: on Shapes two-object captions a linear probe reads an object's
+    direction from its colour word at 0.82 after MiniLM's block 3 but 0.63 after block 6
+    (benchmarks/relation_probe.py, docs/RESULTS.md).
+    """
 
     def __init__(
         self,
@@ -132,6 +140,7 @@ class TextEncoder(torch.nn.Module):
         device: str | torch.device | None = None,
         cache_dir: str | Path | None = None,
         batch_size: int = 128,
+        layer: int = -1,
     ):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -149,7 +158,13 @@ class TextEncoder(torch.nn.Module):
             ) from e
         self.model.eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
-        self.fingerprint = _fingerprint(self.name_or_path, max_length)
+        n_layers = int(self.model.config.num_hidden_layers)
+        if not -n_layers - 1 <= int(layer) <= n_layers:
+            raise ValueError(f"text layer {layer} out of range: {self.name_or_path} has {n_layers} layers "
+                             f"(0 = embeddings, 1..{n_layers}, -1 = last)")  # fmt: skip
+        k = int(layer) if int(layer) >= 0 else n_layers + 1 + int(layer)  # hidden_states index
+        self.layer = -1 if k == n_layers else k  # -1 for the last layer however it was named (one cache, one key)
+        self.fingerprint = _fingerprint(self.name_or_path, max_length, self.layer)
         self.cache = FeatureCache(Path(cache_dir) / self.fingerprint) if cache_dir else None
         self.calls = 0  # forward passes through the transformer (tests use it to see cache hits)
         # Fast tokenizers are not thread-safe ("Already borrowed") and the cache index is shared: a served app
@@ -174,11 +189,14 @@ class TextEncoder(torch.nn.Module):
                 chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             self.calls += 1
-            hidden = self.model(**tok).last_hidden_state.float()  # (b, T, D)
+            out_k = self.model(**tok, output_hidden_states=self.layer != -1)
+            hidden = out_k.last_hidden_state.float()  # (b, T, D)
             mask = tok["attention_mask"].bool()  # (b, T)
             # Mean over real tokens, then L2-normalised: the pooling all-MiniLM-L6-v2 was trained with.
             m = mask.unsqueeze(-1).float()
             sent = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+            if self.layer != -1:
+                hidden = out_k.hidden_states[self.layer].float()
             for j, k in enumerate(idx):
                 n = int(mask[j].sum())
                 out[k] = (hidden[j, :n].cpu(), sent[j].cpu())
@@ -209,7 +227,8 @@ class TextEncoder(torch.nn.Module):
         return self.encode(captions)
 
     def config(self) -> dict:
-        return {"name_or_path": self.name_or_path, "max_length": self.max_length, "dim": self.dim}
+        return {"name_or_path": self.name_or_path, "max_length": self.max_length, "dim": self.dim,
+                "layer": self.layer}  # fmt: skip
 
 
 def pad_features(per: list[tuple[torch.Tensor, torch.Tensor]]) -> TextFeatures:

@@ -89,6 +89,7 @@ class DataConfig:
     seed: int = 0
     text_encoder: str | None = None  # local HF folder or hub id; None = bundled MiniLM
     max_length: int = 32
+    text_layer: int = -1  # hidden state the word features come from (-1 last; see t2i.text.TextEncoder)
     cache_images: bool = True  # keep decoded images in memory as uint8 (Shapes 10k x 64^2: 120 MB; off for COCO)
     sample_captions: list = field(default_factory=list)  # fixed captions of the sample grid; default: test captions
 
@@ -416,8 +417,9 @@ class GANFamily:
     def export(self, path, dtype, extra=None):
         from t2i.pipelines import export_generator
 
-        return export_generator(path, self.family, self.ema.module, self.cfg, self.data_cfg.text_encoder,
-                                self.data_cfg.max_length, dtype, extra)  # fmt: skip
+        d = self.data_cfg
+        return export_generator(path, self.family, self.ema.module, self.cfg, d.text_encoder, d.max_length, dtype,
+                                extra, text_layer=d.text_layer)  # fmt: skip
 
     def pipeline(self):
         """An in-memory pipeline over a copy of the EMA generator (for sample grids and metrics)."""
@@ -426,9 +428,8 @@ class GANFamily:
         from t2i.pipelines import T2IPipeline
 
         G = copy.deepcopy(self.ema.module)
-        pipe = T2IPipeline(
-            self.family, G, self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, self.encoder
-        )
+        d = self.data_cfg
+        pipe = T2IPipeline(self.family, G, self.cfg, d.text_encoder, d.max_length, self.encoder, d.text_layer)
         return pipe.to(self.acc.device)
 
     def state_modules(self) -> dict:
@@ -475,7 +476,8 @@ class MultiStageD(torch.nn.Module):
 
 
 def load_damsm(path):
-    """A DAMSM export folder (config.json + damsm.safetensors) -> frozen DAMSM in eval mode."""
+    """A DAMSM export folder (config.json + damsm.safetensors) -> frozen DAMSM in eval mode; its `text_layer` says
+    which text-encoder layer's word features it was trained on (-1: the last)."""
     from t2i.models.attngan import DAMSM, DAMSMConfig
     from t2i.pipelines import resolve_checkpoint
 
@@ -485,6 +487,7 @@ def load_damsm(path):
         raise ValueError(f"{p} is a {cfg.get('family')!r} checkpoint, not a DAMSM one")
     m = DAMSM(DAMSMConfig(**cfg["model"]))
     m.load_state_dict({k: v.float() for k, v in load_file(str(p / "damsm.safetensors")).items()})
+    m.text_layer = int((cfg.get("text_encoder") or {}).get("layer", -1))
     return m.eval().requires_grad_(False)
 
 
@@ -527,7 +530,8 @@ class DAMSMFamily:
             {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(tmp / "damsm.safetensors")
         )
         cfg = {"family": "damsm", "resolution": self.cfg.resolution, "model": dataclasses.asdict(self.cfg),
-               "text_encoder": {"name_or_path": self.data_cfg.text_encoder, "max_length": self.data_cfg.max_length},
+               "text_encoder": {"name_or_path": self.data_cfg.text_encoder, "max_length": self.data_cfg.max_length,
+                                "layer": self.data_cfg.text_layer},
                **(extra or {})}  # fmt: skip
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if path.exists():
@@ -694,7 +698,7 @@ def export_checkpoint(ck: str | Path, out: str | Path, weights: str = "G_ema", d
     extra = {"step": step["step"], "images_seen": step.get("images_seen"), "weights": weights}
     data = run.get("data") or {}
     return export_generator(out, run["family"], G, cfg, data.get("text_encoder"), int(data.get("max_length", 32)),
-                            getattr(torch, dtype), extra)  # fmt: skip
+                            getattr(torch, dtype), extra, text_layer=int(data.get("text_layer", -1)))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -778,6 +782,15 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     np.random.seed(tcfg.seed)
     fam = FAMILIES[family](family, dict(recipe["model"]), tcfg)
     fam.data_cfg = dcfg
+    damsm = getattr(fam, "damsm", None)
+    if damsm is not None and damsm.text_layer != dcfg.text_layer:
+        raise ValueError(
+            f"model.damsm_checkpoint was trained on text-encoder layer {damsm.text_layer} but this run has "
+            f"data.text_layer={dcfg.text_layer}: pretrain a DAMSM with the same data.text_layer"
+        )
+    if text_encoder is not None and getattr(text_encoder, "layer", -1) != dcfg.text_layer:
+        raise ValueError(f"the text encoder given reads layer {text_encoder.layer}, the recipe data.text_layer="
+                         f"{dcfg.text_layer}: the export would record features it was not trained on")  # fmt: skip
     names = list(fam.modules)
     prepared = acc.prepare(*fam.modules.values(), *fam.optimizers.values())
     p = dict(zip(names, prepared[: len(names)]))
@@ -787,7 +800,9 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
     encoder = (
         text_encoder
         if text_encoder is not None
-        else TextEncoder(dcfg.text_encoder, max_length=dcfg.max_length, cache_dir=default_cache_dir())
+        else TextEncoder(
+            dcfg.text_encoder, max_length=dcfg.max_length, cache_dir=default_cache_dir(), layer=dcfg.text_layer
+        )
     )
     fam.bind(acc, encoder, p)
     data = Batches(dcfg, tcfg.batch_size, acc.process_index, acc.num_processes, tcfg.seed)

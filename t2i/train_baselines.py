@@ -208,7 +208,7 @@ class DiffusionFamily(_Base):
 
         vq = None if self.vq is None else copy.deepcopy(self.vq).to(unet.device, unet.dtype)
         return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet, vqvae=vq,
-                              word_adapter=adapter)  # fmt: skip
+                              word_adapter=adapter, text_layer=self.data_cfg.text_layer)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
         unet, adapter = (None if m is None else copy.deepcopy(m).to("cpu", dtype) for m in self._ema_parts())
@@ -414,7 +414,7 @@ class VQPriorFamily(_Base):
         from t2i.models.vqgan import VQGANPipeline
 
         return VQGANPipeline(self.frozen["vq"], prior.eval(), self.data_cfg.text_encoder, self.data_cfg.max_length,
-                             self.sampling)  # fmt: skip
+                             self.sampling, self.data_cfg.text_layer)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
         # Stored in the export dtype (fp16 by default: the bundle limit), loaded back in float32.

@@ -209,13 +209,14 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         vqvae: VQModel | None = None,
         latent_scale: float = 1.0,
         word_adapter: WordAdapter | None = None,
+        text_layer: int = -1,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae, word_adapter=word_adapter)
         # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
         self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length,
                                 default_steps=default_steps, default_guidance=default_guidance,
-                                latent_scale=latent_scale)  # fmt: skip
+                                latent_scale=latent_scale, text_layer=int(text_layer))  # fmt: skip
         self._text_encoder = None
 
     family = "diffusion"
@@ -232,7 +233,9 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         if self._text_encoder is None:
             from t2i.pipelines import shared_text_encoder  # one encoder per process for every family
 
-            self._text_encoder = shared_text_encoder(self.config.text_encoder_name, self.config.max_length)
+            self._text_encoder = shared_text_encoder(
+                self.config.text_encoder_name, self.config.max_length, self.config.get("text_layer", -1)
+            )
         return self._text_encoder
 
     def set_text_encoder(self, encoder) -> None:
@@ -320,7 +323,8 @@ def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.
 
 
 def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None,
-                   vqvae: VQModel | None = None, word_adapter: WordAdapter | None = None):  # fmt: skip
+                   vqvae: VQModel | None = None, word_adapter: WordAdapter | None = None,
+                   text_layer: int = -1):  # fmt: skip
     """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule;
     with `vqvae`, a latent-diffusion pipeline that decodes through it (cfg.latent_scale must then be set)."""
     sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
@@ -328,7 +332,7 @@ def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, m
         raise ValueError("latent diffusion needs cfg.latent_scale > 0 (the family measures it from the data)")
     return T2IDiffusionPipeline(unet if unet is not None else build_unet(cfg), sched, text_encoder_name, max_length,
                                 cfg.sample_steps, cfg.guidance_scale, vqvae,
-                                cfg.latent_scale if vqvae is not None else 1.0, word_adapter)  # fmt: skip
+                                cfg.latent_scale if vqvae is not None else 1.0, word_adapter, text_layer)  # fmt: skip
 
 
 def config_dict(cfg: DiffusionConfig) -> dict:

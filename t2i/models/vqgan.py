@@ -357,11 +357,12 @@ class VQGANPipeline:
     DEFAULT_SAMPLING = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
     def __init__(self, vqmodel: VQModel, prior: CodePrior, text_encoder_name: str | None = None, max_length: int = 32,
-                 sampling: dict | None = None):  # fmt: skip
+                 sampling: dict | None = None, text_layer: int = -1):  # fmt: skip
         self.vqmodel = vqmodel.eval()
         self.prior = prior.eval()
         self.text_encoder_name = text_encoder_name
         self.max_length = max_length
+        self.text_layer = int(text_layer)
         unknown = set(sampling or {}) - set(self.DEFAULT_SAMPLING)
         if unknown:
             raise ValueError(f"unknown sampling settings {sorted(unknown)}; known: {sorted(self.DEFAULT_SAMPLING)}")
@@ -377,7 +378,7 @@ class VQGANPipeline:
         if self._text_encoder is None:
             from t2i.pipelines import shared_text_encoder  # one encoder per process for every family
 
-            self._text_encoder = shared_text_encoder(self.text_encoder_name, self.max_length)
+            self._text_encoder = shared_text_encoder(self.text_encoder_name, self.max_length, self.text_layer)
         return self._text_encoder
 
     def set_text_encoder(self, encoder) -> None:
@@ -429,7 +430,7 @@ class VQGANPipeline:
         self.vqmodel.save_pretrained(path / "vqmodel")
         self.prior.save_pretrained(path / "prior")
         meta = {"family": "vqgan", "text_encoder_name": self.text_encoder_name, "max_length": self.max_length,
-                "sampling": self.sampling}  # fmt: skip
+                "sampling": self.sampling, "text_layer": self.text_layer}  # fmt: skip
         (path / "pipeline.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -440,4 +441,5 @@ class VQGANPipeline:
         vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True).float()
         vq.quantize.legacy = False
         prior = CodePrior.from_pretrained(path / "prior", local_files_only=True).float()
-        return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32), meta.get("sampling"))
+        return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32), meta.get("sampling"),
+                   meta.get("text_layer", -1))  # fmt: skip

@@ -151,3 +151,18 @@ def test_pipeline_with_word_adapter_round_trip_and_old_pipelines_still_load(tmp_
     assert not torch.equal(before, no_adapter(["a green heart left of a red star"], seed=1, num_inference_steps=3))
     no_adapter.save_pretrained(tmp_path / "plain")
     assert T2IDiffusionPipeline.from_pretrained(tmp_path / "plain", local_files_only=True).word_adapter is None
+
+
+def test_text_layer_round_trip_and_older_pipelines_read_the_last_layer(tmp_path):
+    import json
+
+    pipe = build_pipeline(tiny_cfg(), text_layer=3)
+    pipe.save_pretrained(tmp_path / "diff")
+    loaded = T2IDiffusionPipeline.from_pretrained(tmp_path / "diff", local_files_only=True)
+    assert loaded.config.text_layer == 3 and loaded.text_encoder.layer == 3
+    index = tmp_path / "diff/model_index.json"  # a pipeline saved before the option: no text_layer key
+    cfg = json.loads(index.read_text())
+    del cfg["text_layer"]
+    index.write_text(json.dumps(cfg))
+    old = T2IDiffusionPipeline.from_pretrained(tmp_path / "diff", local_files_only=True)
+    assert old.text_encoder.layer == -1

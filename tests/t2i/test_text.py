@@ -91,3 +91,23 @@ def test_concurrent_encode_is_safe(tmp_path, text_encoder):
     ref = enc.encode(caps).sentence
     for i in range(16):
         assert torch.allclose(results[i][0], ref[i], atol=1e-6)
+
+
+def test_word_features_from_a_chosen_layer(tmp_path, text_encoder):
+    """layer=k: words are hidden state k at the real tokens, the sentence stays the last layer's pooling, and the
+    cache keeps the layers apart (an unchanged key for the default, so older caches stay valid)."""
+    enc = TextEncoder(text_encoder.name_or_path, max_length=32, cache_dir=tmp_path, layer=3)
+    caps = ["a red circle left of a blue star", "tiny square"]
+    f, ref = enc.encode(caps), text_encoder.encode(caps)
+    tok = text_encoder.tokenizer(caps, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = text_encoder.model(**tok, output_hidden_states=True).hidden_states[3]
+    assert torch.equal(f.mask, ref.mask) and torch.allclose(f.sentence, ref.sentence, atol=1e-3)
+    assert torch.allclose(f.words[f.mask], hidden[tok["attention_mask"].bool()], atol=2e-2)  # fp16 cache
+    assert not torch.allclose(f.words, ref.words, atol=0.1)
+    assert enc.layer == 3 and enc.config()["layer"] == 3 and text_encoder.layer == -1
+    assert TextEncoder(text_encoder.name_or_path, layer=-4).fingerprint == enc.fingerprint  # -4 of 6 is 3
+    assert TextEncoder(text_encoder.name_or_path, layer=6).fingerprint == text_encoder.fingerprint  # 6 is the last
+    assert enc.fingerprint != text_encoder.fingerprint
+    with pytest.raises(ValueError, match="text layer 7 out of range.*6 layers"):
+        TextEncoder(text_encoder.name_or_path, layer=7)

@@ -364,3 +364,26 @@ def test_ema_update_reads_the_device_a_fixed_number_of_times():
             ema.update_parameters(net)
         counts.append(Reads.n)
     assert counts[0] == counts[1] <= 2, counts
+
+
+def test_text_layer_travels_from_recipe_to_export_and_damsm_must_match(tmp_path, text_encoder):
+    """data.text_layer: DAMSM and AttnGAN train on that layer's word features, the export records it, and a
+    reloaded pipeline encodes with it on its own; a DAMSM of another layer, or an encoder reading another layer, is
+    refused by name before any training."""
+    from t2i.text import TextEncoder
+
+    enc2 = TextEncoder(text_encoder.name_or_path, max_length=32, layer=2)
+    damsm = _run("damsm", tmp_path, enc2, ["data.text_layer=2"])
+    assert json.loads((damsm / "export/config.json").read_text())["text_encoder"]["layer"] == 2
+    run = _run("attngan", tmp_path, enc2, [f"model.damsm_checkpoint={damsm}", "data.text_layer=2"])
+    assert json.loads((run / "export/config.json").read_text())["text_encoder"]["layer"] == 2
+    pipe = load_pipeline(run / "export")
+    assert pipe.text_layer == 2 and pipe.text_encoder.layer == 2  # its own (shared) encoder, not the default
+    caps = ["a small red circle left of a large blue star"]
+    given = load_pipeline(run / "export")
+    given._encoder = enc2
+    assert torch.allclose(pipe(caps, 2, seed=1), given(caps, 2, seed=1), atol=1e-2)  # fp16 cache vs fresh
+    with pytest.raises(ValueError, match="trained on text-encoder layer 2 but this run has data.text_layer=-1"):
+        _run("attngan", tmp_path, text_encoder, [f"model.damsm_checkpoint={damsm}"])
+    with pytest.raises(ValueError, match="given reads layer -1, the recipe data.text_layer=2"):
+        _run("stackgan", tmp_path, text_encoder, ["data.text_layer=2"])

@@ -185,3 +185,17 @@ def test_pipeline_sampling_defaults_round_trip(tmp_path):
     assert again.sampling == {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 5, "top_p": 1.0}
     with pytest.raises(ValueError, match="unknown sampling settings.*'topk'"):
         VQGANPipeline(build_vqmodel(cfg), prior, sampling={"topk": 5})
+
+
+def test_pipeline_text_layer_round_trip(tmp_path):
+    import json
+
+    cfg = VQGANConfig(resolution=16, block_out_channels=(8, 8), latent_channels=4, num_codes=16, norm_num_groups=4,
+                      mid_attention=False)  # fmt: skip
+    prior = CodePrior(num_codes=16, seq_len=64, n_embd=16, n_layer=1, n_head=2)
+    VQGANPipeline(build_vqmodel(cfg), prior, text_layer=3).save_pretrained(tmp_path / "p")
+    assert VQGANPipeline.from_pretrained(tmp_path / "p").text_layer == 3
+    meta = json.loads((tmp_path / "p/pipeline.json").read_text())
+    del meta["text_layer"]  # a bundle saved before the option
+    (tmp_path / "p/pipeline.json").write_text(json.dumps(meta))
+    assert VQGANPipeline.from_pretrained(tmp_path / "p").text_layer == -1
