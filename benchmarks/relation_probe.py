@@ -7,9 +7,11 @@ left of it" too. This fits a multinomial logistic probe from the feature of an o
 word, once per object) to that object's direction from the other one (left / right / above / below; chance ~0.25),
 trained on Shapes train-split captions and scored on test-split scenes, for the embedding layer (no context: the
 control) and every transformer layer of the text encoder. A high last-layer score means the features carry the
-relation and the models have not learnt to read it; a low one means the encoder hides it.
+relation and the models have not learnt to read it; a low one means the encoder hides it. `--target shape` asks
+the same words for their own object's shape instead (colour-shape binding: "a red circle and a blue star").
 
     python benchmarks/relation_probe.py --scenes 3000 --json runs/eval/relation_probe.json
+    python benchmarks/relation_probe.py --scenes 3000 --target shape --json runs/eval/binding_probe.json
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sentence_probe import probe  # noqa: E402
 
 
-def examples(cfg, split: str, n: int, per_scene: int):
-    """(caption, char span of object k's colour word, direction of object k from the other) for two-object scenes
-    among the first n of a split whose objects differ in colour. Background captions are skipped (the background
-    colour word could repeat an object's)."""
+def examples(cfg, split: str, n: int, per_scene: int, target: str = "direction"):
+    """(caption, char span of object k's colour word, label) for two-object scenes
+    among the first n of a split whose objects differ in colour; the label is object k's direction from the other one
+    (target "direction") or its shape (target "shape": only scenes whose objects differ in shape). Background
+    captions are skipped (the background colour word could repeat an object's)."""
     import t2i.data.shapes as S
 
     out = []
@@ -37,7 +40,12 @@ def examples(cfg, split: str, n: int, per_scene: int):
         scene, rng = S.make_scene(cfg, split, i)
         if len(scene.objects) != 2 or scene.objects[0].color == scene.objects[1].color:
             continue
-        dirs = (scene.relation, S._INVERSE[scene.relation])
+        if target == "shape" and scene.objects[0].shape == scene.objects[1].shape:
+            continue
+        if target == "shape":
+            labels = tuple(o.shape for o in scene.objects)
+        else:
+            labels = (scene.relation, S._INVERSE[scene.relation])
         for cap in S.caption_scene(scene, rng, per_scene):
             if "background" in cap:
                 continue
@@ -47,7 +55,7 @@ def examples(cfg, split: str, n: int, per_scene: int):
                 spans.append(hits[0] if len(hits) == 1 else None)
             for k in range(2):
                 if spans[k] is not None:
-                    out.append((cap, spans[k], dirs[k]))
+                    out.append((cap, spans[k], labels[k]))
     return out
 
 
@@ -74,6 +82,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenes", type=int, default=3000, help="scenes read per split (about half have two objects)")
     p.add_argument("--per-scene", type=int, default=3, help="captions per scene")
+    p.add_argument("--target", choices=("direction", "shape"), default="direction",
+                   help="read from a colour word: its object's direction from the other, or its shape")  # fmt: skip
     p.add_argument("--text-encoder", default=None, help="local model folder (default: the bundled MiniLM)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
@@ -87,14 +97,15 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     enc = TextEncoder(args.text_encoder, max_length=32)
     cfg = ShapesConfig(seed=0)
-    tr = examples(cfg, "train", args.scenes, args.per_scene)
-    te = examples(cfg, "test", args.scenes // 3, args.per_scene)
+    tr = examples(cfg, "train", args.scenes, args.per_scene, args.target)
+    te = examples(cfg, "test", args.scenes // 3, args.per_scene, args.target)
     ftr = token_features(enc.model, enc.tokenizer, tr)
     fte = token_features(enc.model, enc.tokenizer, te)
     ytr, yte = [r[2] for r in tr], [r[2] for r in te]
     major = max(set(yte), key=yte.count)
     res = {
         "text_encoder": enc.name_or_path,
+        "target": args.target,
         "train_words": len(tr),
         "test_words": len(te),
         "majority_class": round(yte.count(major) / len(yte), 4),
