@@ -6,8 +6,9 @@ carry its role in the relation: "a red circle left of a blue star" puts red left
 left of it" too. This fits a multinomial logistic probe from the feature of an object's colour word (a one-token
 word, once per object) to that object's direction from the other one (left / right / above / below; chance ~0.25),
 trained on Shapes train-split captions and scored on test-split scenes, for the embedding layer (no context: the
-control) and every transformer layer of the text encoder. A high last-layer score means the features carry the
-relation and the models have not learnt to read it; a low one means the encoder hides it. `--target shape` asks
+control) and every transformer layer of the text encoder. It is a linear read-out of one token: a low score says the
+role is not in that word alone, not that a model attending over the whole caption cannot find it
+(benchmarks/layout_decoder_probe.py asks that question). `--target shape` asks
 the same words for their own object's shape instead (colour-shape binding: "a red circle and a blue star").
 
     python benchmarks/relation_probe.py --scenes 3000 --json runs/eval/relation_probe.json

@@ -128,9 +128,10 @@ class TextEncoder(torch.nn.Module):
 
     `layer` picks the hidden state the word features come from: -1 (default) the last, k the output of block k
     (0 = the embeddings). The sentence feature is always the last layer's mean pooling, the feature the sentence
-    model was trained to produce. Why a middle layer: on Shapes two-object captions a linear probe reads an object's
-    direction from its colour word at 0.82 after MiniLM's block 3 but 0.63 after block 6
-    (benchmarks/relation_probe.py, docs/RESULTS.md).
+    model was trained to produce. On Shapes two-object captions a linear probe reads an object's direction from its
+    colour word at 0.82 after MiniLM's block 3 but 0.63 after block 6 (benchmarks/relation_probe.py); a small
+    attention decoder over all the words reads the relation from either alike (0.86 / 0.89,
+    benchmarks/layout_decoder_probe.py), and a diffusion model moved to block 3 did not gain (docs/RESULTS.md).
     """
 
     def __init__(
