@@ -190,8 +190,9 @@ class DiffusionFamily(_Base):
         f = self._features(self._dropped(batch, step, self.cfg.caption_dropout))
         x0 = self._x0(batch)
         g = step_generator(self.t.seed, step, self.acc.process_index, 3)
-        loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g, self.p.get("word_adapter"))
-        return {"mse": loss, "loss": loss}
+        loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g, self.p.get("word_adapter"),
+                              self.cfg.min_snr_gamma)  # fmt: skip
+        return {"mse_min_snr" if self.cfg.min_snr_gamma else "mse": loss, "loss": loss}
 
     def after_step(self, step):
         if "word_adapter" not in self.p:

@@ -166,3 +166,33 @@ def test_text_layer_round_trip_and_older_pipelines_read_the_last_layer(tmp_path)
     index.write_text(json.dumps(cfg))
     old = T2IDiffusionPipeline.from_pretrained(tmp_path / "diff", local_files_only=True)
     assert old.text_encoder.layer == -1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_matches_hand_computation(prediction_type, text_encoder):
+    """Each sample's MSE times min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), from the same noise and t."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(prediction_type=prediction_type)
+    unet, sched = build_pipeline(cfg).unet, build_noise_scheduler(cfg)
+    f = text_encoder.encode(["a red square", "a blue circle", "a green star", "a white heart"])
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        got = diffusion_loss(unet, sched, x0, f.words, f.mask, torch.Generator().manual_seed(0), min_snr_gamma=5.0)
+        plain = diffusion_loss(unet, sched, x0, f.words, f.mask, torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)  # draws t = 937, 449, 18, 338: SNR 0.009 ... 619, both sides of 5
+        noise = randn_tensor(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (4,), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t) if prediction_type == "v_prediction" else noise
+        per = (unet(xt, t, encoder_hidden_states=f.words, encoder_attention_mask=f.mask).sample - target) ** 2
+        per = per.mean(dim=(1, 2, 3))
+        snr = [float(sched.alphas_cumprod[k] / (1 - sched.alphas_cumprod[k])) for k in t]
+        w = [min(s, 5.0) / (s + 1 if prediction_type == "v_prediction" else s) for s in snr]
+        want = sum(wi * pi for wi, pi in zip(w, per.tolist())) / 4
+    assert abs(got.item() - want) < 1e-5 * max(1.0, want)
+    assert torch.allclose(plain, per.mean(), atol=1e-6)
+    assert not torch.allclose(got, plain)
+    with pytest.raises(ValueError, match="min_snr_gamma must be >= 0"):
+        tiny_cfg(min_snr_gamma=-1)
