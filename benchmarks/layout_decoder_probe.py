@@ -99,11 +99,9 @@ def scores(logits, owners, colors) -> dict:
         cells = [int(prob[i, :, 1 + colors.index(o.color)].argmax()) for o in sc.objects]
         if len(sc.objects) == 1:
             pos.append(cells[0] == S.POSITIONS.index(sc.objects[0].position))
-        elif sc.objects[0].color != sc.objects[1].color and cells[0] != cells[1]:
-            a, b = (S.ShapeObject(o.shape, o.color, o.size, S.POSITIONS[c]) for o, c in zip(sc.objects, cells))
-            rel.append(S.relation_of(a, b) == sc.relation)
         elif sc.objects[0].color != sc.objects[1].color:
-            rel.append(False)  # both colours in one cell: no relation drawn
+            a, b = (S.ShapeObject(o.shape, o.color, o.size, S.POSITIONS[c]) for o, c in zip(sc.objects, cells))
+            rel.append(cells[0] != cells[1] and S.relation_of(a, b) == sc.relation)  # one cell: no relation drawn
     return {"position": round(sum(pos) / max(len(pos), 1), 4), "relation": round(sum(rel) / max(len(rel), 1), 4),
             "n_position": len(pos), "n_relation": len(rel)}  # fmt: skip
 

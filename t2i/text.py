@@ -190,14 +190,14 @@ class TextEncoder(torch.nn.Module):
                 chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             self.calls += 1
-            out_k = self.model(**tok, output_hidden_states=self.layer != -1)
-            hidden = out_k.last_hidden_state.float()  # (b, T, D)
+            outputs = self.model(**tok, output_hidden_states=self.layer != -1)
+            hidden = outputs.last_hidden_state.float()  # (b, T, D)
             mask = tok["attention_mask"].bool()  # (b, T)
             # Mean over real tokens, then L2-normalised: the pooling all-MiniLM-L6-v2 was trained with.
             m = mask.unsqueeze(-1).float()
             sent = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
             if self.layer != -1:
-                hidden = out_k.hidden_states[self.layer].float()
+                hidden = outputs.hidden_states[self.layer].float()
             for j, k in enumerate(idx):
                 n = int(mask[j].sum())
                 out[k] = (hidden[j, :n].cpu(), sent[j].cpu())

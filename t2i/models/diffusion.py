@@ -53,7 +53,7 @@ class DiffusionConfig:
     autoencoder: str | None = None
     latent_scale: float = 0.0  # latents are multiplied by this before diffusion; 0: 1/std of 512 training latents
     # WordAdapter layers between the frozen text encoder and the UNet's cross-attention (0: none, the features go in
-    # as they are). MiniLM's word features hardly encode word order, so "A left of B" and "B left of A" look alike.
+    # as they are). Meant to make word order easier to read; measured: no gain (docs/RESULTS.md, two-object scenes).
     word_adapter_layers: int = 0
     word_adapter_heads: int = 4
     # Min-SNR-gamma loss weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"):
