@@ -58,6 +58,9 @@ class T2IPipeline:
         self.max_length = max_length
         self.text_layer = int(text_layer)
         self.device = torch.device("cpu")
+        # The truncation trick: every noise the generator draws (z and CA's eps) is scaled by this. 1 = the training
+        # distribution; lower trades diversity for the typical image of each caption; 0 = one image per caption.
+        self.truncation = 1.0
 
     @property
     def text_encoder(self):
@@ -83,9 +86,12 @@ class T2IPipeline:
         n = len(idx)
         # All noise drawn up front from one seeded generator, so batch_size never changes the images.
         gen = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(n, self.z_dim, generator=gen)
+        if not self.truncation >= 0:
+            raise ValueError(f"truncation must be >= 0, got {self.truncation}")
+        psi = float(self.truncation)
+        z = torch.randn(n, self.z_dim, generator=gen) * psi
         cdim = int(self.model_cfg.cond_dim)
-        eps = [torch.randn(n, cdim, generator=gen) for _ in range(self.generator.num_ca)]  # CA noise per image
+        eps = [torch.randn(n, cdim, generator=gen) * psi for _ in range(self.generator.num_ca)]  # CA noise per image
         images, maps = [], []
         for s in range(0, n, batch_size):
             b = idx[s : s + batch_size]

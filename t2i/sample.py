@@ -59,6 +59,12 @@ def _cmd_sample(args) -> int:
     if args.n < 1:
         raise CliError(f"-n must be >= 1, got {args.n}")
     pipe = load_pipeline(args.checkpoint)
+    if args.truncation is not None:
+        if getattr(pipe, "family", None) not in ("stackgan", "attngan"):
+            raise CliError(f"--truncation is for GAN checkpoints (StackGAN/AttnGAN); {args.checkpoint} is not one")
+        if args.truncation < 0:
+            raise CliError(f"--truncation must be >= 0, got {args.truncation}")
+        pipe.truncation = args.truncation
     if args.device:
         pipe.to(args.device)
     out = Path(args.out)
@@ -94,5 +100,12 @@ def configure_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.add_argument("--attention-maps", action="store_true", help="AttnGAN: also write per-word attention figures")
+    p.add_argument(
+        "--truncation",
+        type=float,
+        default=None,
+        metavar="PSI",
+        help="GANs: scale the noise by PSI (truncation trick; 1 = as trained, 0 = one image per caption)",
+    )
     p.add_argument("--device", default=None, help="cpu / cuda (default cpu)")
     p.set_defaults(func=_cmd_sample)

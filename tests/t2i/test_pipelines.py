@@ -61,7 +61,7 @@ def test_sample_cli(attn_ckpt, tmp_path, text_encoder, capsys):
     import t2i.pipelines
     from t2i.cli import main
 
-    t2i.pipelines._ENCODERS[(None, 32)] = text_encoder
+    t2i.pipelines._ENCODERS[(None, 32, -1)] = text_encoder
     path, _, _ = attn_ckpt
     out = tmp_path / "grid.png"
     argv = ["sample", str(path), "--caption", CAPS[0], "--caption", CAPS[1], "-n", "3", "--out", str(out)]
@@ -73,3 +73,36 @@ def test_sample_cli(attn_ckpt, tmp_path, text_encoder, capsys):
     assert main(["sample", str(stack), "--caption", "a gray heart", "--attention-maps", "--out", str(out)]) == 2
     assert "needs an AttnGAN checkpoint" in capsys.readouterr().err
     assert main(["sample", str(stack), "--out", str(out)]) == 2
+    assert main(["sample", str(stack), "--caption", "a gray heart", "--truncation", "-1", "--out", str(out)]) == 2
+    assert "--truncation must be >= 0" in capsys.readouterr().err
+    assert main(["sample", str(stack), "--caption", "a gray heart", "--truncation", "0.5", "--out", str(out)]) == 0
+
+
+def test_truncation_scales_every_noise(text_encoder):
+    """truncation 1 = the default images; 0 = the same image for every seed (z and CA's eps both scaled, so even a
+    StackGAN with CA noise draws one image per caption); in between, z and eps are the seed's draws times psi."""
+    torch.manual_seed(0)
+    cfg = StackGANConfig(resolution=16, stage1_resolution=8, z_dim=4, cond_dim=4, ngf=4, ndf=4, res_blocks=1)
+    pipe = T2IPipeline("stackgan", StackGANGenerator(cfg).eval(), cfg, text_encoder=text_encoder)
+    base = pipe(CAPS, 2, seed=3)
+    pipe.truncation = 1.0
+    assert torch.equal(pipe(CAPS, 2, seed=3), base)
+    pipe.truncation = 0.0
+    a, b = pipe(CAPS, 2, seed=3), pipe(CAPS, 2, seed=4)
+    assert torch.equal(a, b) and torch.equal(a[0], a[1]) and not torch.equal(a[0], a[2])
+    seen = []
+    real_forward = pipe.generator.forward
+
+    def spy(z, *a, ca_eps=None, **k):
+        seen.append((z, ca_eps))
+        return real_forward(z, *a, ca_eps=ca_eps, **k)
+
+    pipe.generator.forward = spy
+    pipe.truncation = 0.5
+    pipe(CAPS[:1], 1, seed=7)
+    g = torch.Generator().manual_seed(7)
+    z, eps = torch.randn(1, 4, generator=g), [torch.randn(1, 4, generator=g) for _ in range(2)]
+    assert torch.equal(seen[0][0], z * 0.5) and all(torch.equal(x, e * 0.5) for x, e in zip(seen[0][1], eps))
+    pipe.truncation = -0.1
+    with pytest.raises(ValueError, match="truncation must be >= 0"):
+        pipe(CAPS, 1)
