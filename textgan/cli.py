@@ -164,7 +164,8 @@ def cmd_sweep(args) -> int:
 def cmd_bench(args) -> int:
     from textgan.bench import run_bench
 
-    res = run_bench(args.threads, args.mle_seqs, args.d_seqs, args.rollouts)
+    res = run_bench(args.threads, args.mle_seqs, args.d_seqs, args.rollouts, d_precision=args.d_precision,
+                    fused_adam=args.fused_adam)  # fmt: skip
     print(json.dumps(res, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mle-seqs", type=int, default=10000)
     s.add_argument("--d-seqs", type=int, default=20000)
     s.add_argument("--rollouts", type=int, default=16)
+    s.add_argument(
+        "--d-precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="discriminator under bf16 autocast (fast with AVX512-BF16/AMX; the recipes' d_precision)",
+    )
+    s.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (the recipes' fused_adam)")
     s.add_argument("--json")
     s.set_defaults(fn=cmd_bench)
     return p

@@ -132,12 +132,48 @@ def test_bundled_yaml_configs_load():
         assert cfg.name in seqgan.RECIPES and cfg.task in ("oracle", "text")
 
 
-def test_bench_smoke():
+@pytest.mark.parametrize("fast", [False, True])
+def test_bench_smoke(fast):
     from textgan.bench import run_bench
 
-    res = run_bench(mle_seqs=64, d_seqs=64, rollouts=1)
+    kw = {"d_precision": "bf16", "fused_adam": True} if fast else {}
+    res = run_bench(mle_seqs=64, d_seqs=64, rollouts=1, **kw)
     assert all(res[k]["wall_s"] > 0 for k in ("mle_epoch", "d_epoch", "g_step", "bleu_selfbleu_10k"))
     assert res["matmul_gflops"] > 0 and res["d_epoch"]["floor_s"] > 0
+    assert ("matmul_gflops_bf16" in res) == fast and res["d_precision"] == ("bf16" if fast else "fp32")
+    assert res["paper_schedule"]["hours"] > 0 and res["paper_schedule"]["quoted_textgan_pytorch_hours"] == 18.38
+
+
+def test_paper_schedule_arithmetic():
+    """120 MLE epochs + (50 x 3 + 200 x 5 x 3) discriminator epochs + 200 g-steps, by hand."""
+    from textgan.bench import QUOTED_TEXTGAN_PYTORCH, schedule_seconds
+
+    assert schedule_seconds(1.0, 0.0, 0.0) == 120 and schedule_seconds(0.0, 1.0, 0.0) == 3150
+    assert schedule_seconds(0.0, 0.0, 1.0) == 200
+    assert schedule_seconds(**QUOTED_TEXTGAN_PYTORCH) == 120 * 4.4 + 3150 * 19 + 200 * 29
+
+
+def test_fast_discriminator_settings_train_and_resume(tmp_path, oracle_npz, monkeypatch):
+    """d_precision=bf16 + fused_adam=true through the CLI: trains, checkpoints (the fused optimizers' state too),
+    resumes after a kill in the adversarial phase; a bad d_precision is refused by name."""
+    real = seqgan.Logger.timing
+
+    def dies_in_g_step_2(self, phase, step, *a, **k):
+        if phase == "g_step" and step == 2:
+            raise KeyboardInterrupt  # killed after the adversarial step-1 checkpoint
+        return real(self, phase, step, *a, **k)
+
+    monkeypatch.setattr(seqgan.Logger, "timing", dies_in_g_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "oracle_seqgan", ["d_precision=bf16", "fused_adam=true"])
+    monkeypatch.setattr(seqgan.Logger, "timing", real)
+    run = tmp_path / "runs" / "oracle_seqgan-001"
+    assert seqgan.load_config(str(run / "config.yaml")).d_precision == "bf16"
+    assert main(["train", "oracle_seqgan", "--resume", str(run), "--runs-dir", str(tmp_path / "runs")]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["phase"] == "adv"] == [1, 2] and (run / "model" / "config.json").exists()
+    with pytest.raises(ValueError, match="d_precision must be fp32|bf16"):
+        seqgan.load_config("oracle_seqgan", ["d_precision=fp16"])
 
 
 def test_bench_counts_the_discriminators_flops_by_hand():
