@@ -42,14 +42,15 @@ def _task_data_for(cfg: dict, n_test: int | None = None):
     return {"lines": lines, "refs": [words(s) for s in lines], "tc": tc, "seq_len": tc.seq_len}
 
 
-def _metrics(gen, cfg, tok, held, n, temperature, self_bleu_n=None):
+def _metrics(gen, cfg, tok, held, n, temperature, self_bleu_n=None, seed=0):
     from textgan.data import encode_lines
     from textgan.metrics import oracle_metrics, text_metrics
 
     if cfg["task"] == "oracle":
-        return oracle_metrics(gen, held["oracle"], held["test"], n=n, temperature=temperature)
+        return oracle_metrics(gen, held["oracle"], held["test"], n=n, temperature=temperature, seed=seed)
     test_ids = encode_lines(tok, held["lines"], held["seq_len"])
-    return text_metrics(gen, tok, test_ids, held["refs"], n=n, temperature=temperature, self_bleu_n=self_bleu_n)
+    return text_metrics(gen, tok, test_ids, held["refs"], n=n, temperature=temperature, self_bleu_n=self_bleu_n,
+                        seed=seed)  # fmt: skip
 
 
 def cmd_recipes(args) -> int:
@@ -103,7 +104,8 @@ def cmd_eval(args) -> int:
     gen, cfg, tok = load_generator(args.run, expect_task=args.task)
     held = _task_data_for(cfg)
     res = {"checkpoint": str(find_model_dir(args.run)), "task": cfg["task"], "recipe": cfg.get("recipe", "")}
-    res.update(_metrics(gen, cfg, tok, held, args.n, args.temperature))
+    res.update(_metrics(gen, cfg, tok, held, args.n, args.temperature, seed=args.seed))
+    res["seed"] = args.seed
     res["eval_seconds"] = round(time.time() - t0, 2)
     text = json.dumps(res, indent=2)
     print(text)
@@ -202,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the metrics to this file")
     s.add_argument("-n", type=int, default=10000, help="generated samples (and oracle test samples)")
     s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed (default 0); another seed re-measures a model on independent samples",
+    )
     s.add_argument("--task", choices=["oracle", "text"], help="fail unless the checkpoint is for this task")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(fn=cmd_eval)

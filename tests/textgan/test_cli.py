@@ -38,6 +38,11 @@ def test_oracle_recipe_smoke(tmp_path, recipe, oracle_npz, capsys):
     assert main(["eval", str(run), "-n", "64", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert {"nll_oracle", "nll_test"} <= set(res) and all(not isinstance(v, dict) for v in res.values())
+    # --seed: independent samples re-measure NLL-oracle; NLL-test (fixed held-out data) does not move
+    assert main(["eval", str(run), "-n", "64", "--seed", "1", "--json", str(out)]) == 0
+    res1 = json.loads(out.read_text())
+    assert res1["seed"] == 1 and res["seed"] == 0 and res1["nll_test"] == res["nll_test"]
+    assert res1["nll_oracle"] != res["nll_oracle"]
     # wrong task: a clear message, exit code 2
     capsys.readouterr()
     assert main(["eval", str(run), "--task", "text"]) == 2
