@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -11,3 +12,11 @@ def save_png(fig, out: Path) -> Path:
     png = Path(out).with_suffix(".png")
     fig.savefig(png, dpi=110)
     return png
+
+
+def write_json(path, obj, indent: int = 1) -> Path:
+    """Write `obj` as JSON to `path` (parent folders made); the scripts' --json output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=indent) + "\n")
+    return path

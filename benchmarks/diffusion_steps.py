@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import save_png  # noqa: E402
+from benchmarks import save_png, write_json  # noqa: E402
 
 METRICS = ["attribute_accuracy", "r_precision", "speed"]
 
@@ -112,9 +112,7 @@ def main(argv=None) -> int:
                        progress=False)  # fmt: skip
         rows.append(_row(name, res, path=path))
         print(json.dumps(rows[-1]), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {plot(rows, out)}")
+    print(f"wrote {write_json(out.with_suffix('.json'), rows, indent=2)} and {plot(rows, out)}")
     return 0
 
 

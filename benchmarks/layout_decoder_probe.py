@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import write_json  # noqa: E402
+
 
 def scenes(cfg, split: str, n: int, per_scene: int):
     """(captions, scene per caption) for the first n scenes of a split."""
@@ -163,8 +166,7 @@ def main(argv=None) -> int:
     res["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.json, res)
     return 0
 
 

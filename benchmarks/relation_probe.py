@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentence_probe import probe  # noqa: E402
+
+from benchmarks import write_json  # noqa: E402
 
 
 def examples(cfg, split: str, n: int, per_scene: int, target: str = "direction"):
@@ -117,8 +120,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(res, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.json, res)
     return 0
 
 

@@ -14,6 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"StackGAN": "shapes_stackgan", "AttnGAN": "shapes_attngan", "Diffusion": "shapes_diffusion"}
 
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.json, rows, indent=2)
     return 0
 
 

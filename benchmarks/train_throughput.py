@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import write_json  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -83,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['recipe']} | {r['precision']} | {r['threads']} | {r['images_per_second']} |")
     print(f"\nhardware: {hw}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"hardware": hw, "rows": rows}, indent=1) + "\n")
+        write_json(args.json, {"hardware": hw, "rows": rows})
     return 0
 
 

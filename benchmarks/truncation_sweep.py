@@ -12,11 +12,11 @@ psi = 0 (one image per caption), the caption -> image mapping itself is wrong. T
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import write_json  # noqa: E402
 
 KEYS = ("attribute_accuracy", "attribute_accuracy_one_object", "acc_color", "acc_shape", "acc_position",
         "acc_relation", "fid", "diversity")  # fmt: skip
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     rows = sweep(a.checkpoint, a.psi, a.num_samples)
     if a.json:
-        Path(a.json).write_text(json.dumps({"checkpoint": a.checkpoint, "rows": rows}, indent=1) + "\n")
+        write_json(a.json, {"checkpoint": a.checkpoint, "rows": rows})
     return 0
 
 

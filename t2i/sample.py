@@ -58,12 +58,12 @@ def _cmd_sample(args) -> int:
         raise CliError("give at least one --caption")
     if args.n < 1:
         raise CliError(f"-n must be >= 1, got {args.n}")
+    if args.truncation is not None and args.truncation < 0:
+        raise CliError(f"--truncation must be >= 0, got {args.truncation}")
     pipe = load_pipeline(args.checkpoint)
     if args.truncation is not None:
         if getattr(pipe, "family", None) not in ("stackgan", "attngan"):
             raise CliError(f"--truncation is for GAN checkpoints (StackGAN/AttnGAN); {args.checkpoint} is not one")
-        if args.truncation < 0:
-            raise CliError(f"--truncation must be >= 0, got {args.truncation}")
         pipe.truncation = args.truncation
     if args.device:
         pipe.to(args.device)

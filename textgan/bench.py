@@ -66,9 +66,8 @@ def run_bench(threads: int = 1, mle_seqs: int = 10000, d_seqs: int = 20000, roll
     V, T, B = 5000, 20, 64
     gen = Generator(GeneratorConfig(V, 32, 32, T))
     dis = Discriminator(DiscriminatorConfig(V, precision=d_precision))
-    fused = {"fused": True} if fused_adam else {}
-    g_opt = torch.optim.Adam(gen.parameters(), 0.01, **fused)
-    d_opt = torch.optim.Adam(dis.parameters(), 1e-4, **fused)
+    g_opt = torch.optim.Adam(gen.parameters(), 0.01, fused=fused_adam or None)
+    d_opt = torch.optim.Adam(dis.parameters(), 1e-4, fused=fused_adam or None)
     data = torch.randint(0, V, (max(mle_seqs, d_seqs), T))
     res = {"threads": threads, "d_precision": d_precision, "fused_adam": fused_adam}
 

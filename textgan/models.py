@@ -153,6 +153,9 @@ class Generator(nn.Module):
         return torch.cat(out)
 
 
+PRECISIONS = ("fp32", "bf16")  # the discriminator's compute precisions (DiscriminatorConfig.precision)
+
+
 @dataclass
 class DiscriminatorConfig:
     """The SeqGAN CNN: filter sizes 1-10, 15, 20 with 100-200 filters, highway, dropout, L2 on the output layer."""
@@ -171,7 +174,7 @@ class DiscriminatorConfig:
     precision: str = "fp32"
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"discriminator precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
@@ -192,17 +195,16 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T) token ids -> (N, 2) fp32 logits."""
-        if self.config.precision == "bf16":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return self._logits(x, torch.bfloat16).float()
-        return self._logits(x)
+        bf16 = self.config.precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self._logits(x, bf16).float()
 
-    def _logits(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
         e = self.emb(x)  # (N, T, E)
-        if dtype is not None and not e.requires_grad:
+        if bf16 and not e.requires_grad:
             # Inference (rewards): unfold the windows in bf16, half the bytes to copy (g-step 5.0 -> 3.0 s). When
             # training, unfold in fp32 and let the matmul cast: unfold's backward is ~4x slower in bf16 here.
-            e = e.to(dtype)
+            e = e.to(torch.bfloat16)
         if e.shape[1] < max(self.config.filter_sizes):
             e = F.pad(e, (0, 0, 0, max(self.config.filter_sizes) - e.shape[1]))
         N, E = e.shape[0], e.shape[2]
@@ -212,10 +214,10 @@ class Discriminator(nn.Module):
             k = conv.kernel_size[0]
             win = e.unfold(1, k, 1).reshape(N, -1, E * k)  # (N, T-k+1, E*k), window layout (E, k) like the weight
             w = conv.weight.view(conv.out_channels, E * k)
-            if dtype is None:
-                out = win @ w.T + conv.bias  # (N, T-k+1, nf)
-            else:  # F.linear casts the bias too; `+ conv.bias` would promote the output to fp32
+            if bf16:  # F.linear casts the bias too; `+ conv.bias` would promote the output to fp32
                 out = F.linear(win, w, conv.bias)
+            else:
+                out = win @ w.T + conv.bias  # (N, T-k+1, nf)
             feats.append(F.relu(out).amax(1))  # max over time (N, nf)
         feats = torch.cat(feats, 1)  # (N, sum filters)
         gate, cand = self.highway(feats).chunk(2, 1)

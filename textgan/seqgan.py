@@ -28,7 +28,7 @@ from textgan.checkpoint import (
     save_dir_atomically,
 )
 from textgan.data import BOS, EOS, PAD, TOKENIZERS, encode_lines, load_tokenizer, read_corpus, words
-from textgan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from textgan.models import PRECISIONS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 
 @dataclass
@@ -174,7 +174,7 @@ def load_config(spec: str, overrides: list[str] | None = None) -> TrainConfig:
     if cfg.reward_baseline not in ("none", "mean") or cfg.pg_reduction not in ("mean", "sum"):
         raise ValueError(f"reward_baseline must be none|mean and pg_reduction mean|sum, got "
                          f"{cfg.reward_baseline!r}/{cfg.pg_reduction!r}")  # fmt: skip
-    if cfg.d_precision not in ("fp32", "bf16"):
+    if cfg.d_precision not in PRECISIONS:
         raise ValueError(f"d_precision must be fp32|bf16, got {cfg.d_precision!r}")
     return cfg
 
@@ -473,10 +473,10 @@ def train(
         )
     )
     rollout = copy.deepcopy(gen)
-    fused = {"fused": True} if cfg.fused_adam else {}
-    g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.g_lr, **fused)
-    adv_opt = torch.optim.Adam(gen.parameters(), lr=cfg.adv_g_lr, **fused)
-    d_opt = torch.optim.Adam(dis.parameters(), lr=cfg.d_lr, **fused)
+    fused = cfg.fused_adam or None  # None, not False: torch keeps its per-device default
+    g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.g_lr, fused=fused)
+    adv_opt = torch.optim.Adam(gen.parameters(), lr=cfg.adv_g_lr, fused=fused)
+    d_opt = torch.optim.Adam(dis.parameters(), lr=cfg.d_lr, fused=fused)
     state = {"phase": "mle", "step": 0, "best_valid": math.inf, "elapsed": 0.0}
 
     def save(phase: str, step: int) -> None:
