@@ -94,6 +94,14 @@ def _pair_ce(scores: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
     return F.cross_entropy(scores, labels) + F.cross_entropy(scores.t(), labels)
 
 
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.1, same: torch.Tensor | None = None
+) -> torch.Tensor:
+    """XMC-GAN's image-sentence contrastive loss: unit vectors (B, E) each, softmax over cosine / tau across the
+    batch, image->text and text->image averaged (true pairs on the diagonal; `same` as in `_pair_ce`)."""
+    return _pair_ce(image_emb @ text_emb.t() / tau, same) / 2
+
+
 def damsm_sentence_loss(
     image_code: torch.Tensor, sentence: torch.Tensor, gamma3: float = 10.0, same: torch.Tensor | None = None
 ) -> torch.Tensor:

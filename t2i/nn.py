@@ -106,7 +106,7 @@ class StageDiscriminator(nn.Module):
     """
 
     def __init__(self, resolution: int, text_dim: int, ndf: int = 32, cond_proj: int = 64, uncond: bool = True,
-                 sentence_norm: bool = False, projection: bool = False):  # fmt: skip
+                 sentence_norm: bool = False, projection: bool = False, contrastive_dim: int = 0):  # fmt: skip
         super().__init__()
         self.sentence_norm = sentence_norm
         n_down = resolution.bit_length() - 1 - 2  # log2(R) - 2 halvings: R -> 4
@@ -124,9 +124,14 @@ class StageDiscriminator(nn.Module):
         self.cond_logit = nn.Conv2d(c, 1, 4, 1, 0)
         self.uncond_logit = nn.Conv2d(c, 1, 4, 1, 0) if uncond else None
         self.embed = nn.Linear(text_dim, c * 16) if projection else None
+        # XMC-GAN's image-sentence contrastive heads (train.contrastive_weight): the whole 4x4 code, so where things
+        # are counts, and the standardised sentence, each to a unit vector of contrastive_dim.
+        self.c_img = nn.Linear(c * 16, contrastive_dim) if contrastive_dim else None
+        self.c_txt = nn.Linear(text_dim, contrastive_dim) if contrastive_dim else None
 
-    def forward(self, image: torch.Tensor, sentence: torch.Tensor):
-        """-> (conditional logits (B,), unconditional logits (B,) or None)."""
+    def forward(self, image: torch.Tensor, sentence: torch.Tensor, contrastive: bool = False):
+        """-> (conditional logits (B,), unconditional logits (B,) or None); with `contrastive`, a third item:
+        (image embeddings, sentence embeddings), each (B, contrastive_dim), unit-norm, float32."""
         h = self.encode(image)  # (B, C, 4, 4)
         if self.sentence_norm:
             sentence = F.layer_norm(sentence, sentence.shape[-1:])
@@ -136,4 +141,10 @@ class StageDiscriminator(nn.Module):
             code = h.flatten(1)  # (B, C*16)
             cond = cond + (self.embed(sentence) * code).sum(1) / code.shape[1] ** 0.5
         uncond = self.uncond_logit(h).flatten() if self.uncond_logit is not None else None
-        return cond, uncond
+        if not contrastive:
+            return cond, uncond
+        if self.c_img is None:
+            raise ValueError("this discriminator has no contrastive heads (built with contrastive_dim=0)")
+        ei = F.normalize(self.c_img(h.flatten(1)).float(), dim=-1)
+        et = F.normalize(self.c_txt(sentence).float(), dim=-1)
+        return cond, uncond, (ei, et)

@@ -58,6 +58,11 @@ class TrainConfig:
     mismatch: str = "batch"  # the D's mismatched captions: "batch" (another image's caption in the batch),
     # "near_miss" (Shapes: the image's own scene with one attribute changed, re-captioned; t2i.data.shapes.near_miss)
     # or "mixed" (each image's at random, half and half, seeded by step)
+    # XMC-GAN's image-sentence contrastive loss (Zhang et al. 2021): each D gets an image and a sentence head; D learns
+    # to pick a real image's caption out of the batch and G to make its image pick its own caption (0: off)
+    contrastive_weight: float = 0.0
+    contrastive_tau: float = 0.1
+    contrastive_dim: int = 256
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -238,18 +243,19 @@ class GANFamily:
     def __init__(self, family: str, model_cfg: dict, tcfg: TrainConfig):
         from torch.optim.swa_utils import AveragedModel
 
+        c_dim = tcfg.contrastive_dim if tcfg.contrastive_weight > 0 else 0
         if family == "stackgan":
             from t2i.models.stackgan import StackGANConfig, build_stackgan
 
             self.cfg = _from_dict(StackGANConfig, model_cfg, "model")
-            G, D = build_stackgan(self.cfg)
+            G, D = build_stackgan(self.cfg, c_dim)
             if self.cfg.train_stage == "stage2":
                 self._load_stage1(G)
         else:
             from t2i.models.attngan import AttnGANConfig, build_attngan
 
             self.cfg = _from_dict(AttnGANConfig, model_cfg, "model")
-            G, D = build_attngan(self.cfg)
+            G, D = build_attngan(self.cfg, c_dim)
         self.family, self.t = family, tcfg
         L._check(tcfg.gan_loss)
         self.modules = {"G": G, "D": MultiStageD(D)}
@@ -335,7 +341,7 @@ class GANFamily:
         return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
     def d_step(self, batch, step):
-        f, mis, _ = self._features(batch)
+        f, mis, same = self._features(batch)
         real = batch["image"].to(self.acc.device)
         B = real.shape[0]
         with torch.no_grad():
@@ -368,9 +374,13 @@ class GANFamily:
             leaves.append((r, s))
             imgs.append(torch.cat([r, r, x.detach()]))
             sents.append(torch.cat([s, wrong, sentence]))
-        outs = self.p["D"](imgs, sents)  # [(cond (3B,), uncond (3B,) | None)]
-        out = {"d_adv": 0.0, "d_gp": 0.0}
-        for (cond, uncond), (r, s) in zip(outs, leaves):
+        con = self.t.contrastive_weight > 0
+        outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
+        out = {"d_adv": 0.0, "d_gp": 0.0} | ({"d_con": 0.0} if con else {})
+        for (cond, uncond, *emb), (r, s) in zip(outs, leaves):
+            if con:  # real images against their own captions (rows :B hold real/matching)
+                ei, et = emb[0]
+                out["d_con"] = out["d_con"] + L.contrastive_loss(ei[:B], et[:B], self.t.contrastive_tau, same)
             real_u = uncond[:B] if uncond is not None else None
             fake_u = uncond[2 * B :] if uncond is not None else None
             out["d_adv"] = out["d_adv"] + L.matching_aware_d_loss(
@@ -380,7 +390,7 @@ class GANFamily:
                 gi, gs = torch.autograd.grad(cond[:B].sum(), (r, s), create_graph=True)
                 norm = torch.sqrt(gi.flatten(1).pow(2).sum(1) + gs.pow(2).sum(1) + 1e-12)
                 out["d_gp"] = out["d_gp"] + self.t.ma_gp_weight * norm.pow(self.t.ma_gp_power).mean()
-        out["loss"] = out["d_adv"] + out["d_gp"]
+        out["loss"] = out["d_adv"] + out["d_gp"] + (self.t.contrastive_weight * out["d_con"] if con else 0.0)
         return out
 
     def g_step(self, batch, step):
@@ -388,14 +398,20 @@ class GANFamily:
         o = self._g_forward(self.p["G"], batch, f, step, 1)
         D = self.acc.unwrap_model(self.p["D"])
         imgs = o.images[len(o.images) - D.n :]
-        outs = D(imgs, [f.sentence] * len(imgs))
-        adv = 0.0
-        for cond, uncond in outs:
+        con = self.t.contrastive_weight > 0
+        outs = D(imgs, [f.sentence] * len(imgs), con)
+        adv, g_con = 0.0, 0.0
+        for cond, uncond, *emb in outs:
+            if con:
+                g_con = g_con + L.contrastive_loss(*emb[0], self.t.contrastive_tau, same)
             adv = adv + L.g_adv_loss(self.t.gan_loss, cond)
             if uncond is not None:
                 adv = adv + self.t.uncond_weight * L.g_adv_loss(self.t.gan_loss, uncond)
         kl = sum(L.kl_loss(m, lv) for m, lv in zip(o.mu, o.logvar))
         out = {"g_adv": adv, "g_kl": kl, "loss": adv + self.t.kl_weight * kl}
+        if con:
+            out["g_con"] = g_con
+            out["loss"] = out["loss"] + self.t.contrastive_weight * g_con
         if self.damsm is not None:
             lw, ls = self.damsm.losses(o.images[-1], f.words, f.mask, f.sentence, same)
             out["g_damsm"] = lw + ls
@@ -471,8 +487,8 @@ class MultiStageD(torch.nn.Module):
         self.stages = stages
         self.n = len(stages)
 
-    def forward(self, images: list, sentences: list):
-        return [d(x, s) for d, x, s in zip(self.stages, images, sentences)]
+    def forward(self, images: list, sentences: list, contrastive: bool = False):
+        return [d(x, s, contrastive) for d, x, s in zip(self.stages, images, sentences)]
 
 
 def load_damsm(path):
@@ -711,6 +727,9 @@ def check_train_config(tcfg: TrainConfig) -> None:
         v = getattr(tcfg, k)
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
+    if tcfg.contrastive_weight < 0 or tcfg.contrastive_tau <= 0 or tcfg.contrastive_dim < 1:
+        got = f"{tcfg.contrastive_weight!r} / {tcfg.contrastive_tau!r} / {tcfg.contrastive_dim!r}"
+        raise ValueError(f"train.contrastive_weight must be >= 0, contrastive_tau > 0, contrastive_dim >= 1: {got}")
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
     if tcfg.mismatch not in ("batch", "near_miss", "mixed"):

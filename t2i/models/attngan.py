@@ -147,10 +147,10 @@ class AttnGANGenerator(nn.Module):
         return list(self.parameters())
 
 
-def build_attngan(cfg: AttnGANConfig):
+def build_attngan(cfg: AttnGANConfig, contrastive_dim: int = 0):
     """-> (generator, one discriminator per stage)."""
     return AttnGANGenerator(cfg), build_discriminators(
-        cfg.stages, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection
+        cfg.stages, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection, contrastive_dim
     )
 
 

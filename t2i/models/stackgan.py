@@ -160,18 +160,20 @@ class StackGANGenerator(nn.Module):
         return list(self.parameters())
 
 
-def build_discriminators(resolutions: list[int], text_dim: int, ndf: int, uncond: bool,
-                         sentence_norm: bool = False, projection: bool = False) -> nn.ModuleList:  # fmt: skip
-    """One matching-aware discriminator per generator stage."""
+def build_discriminators(resolutions: list[int], text_dim: int, ndf: int, uncond: bool, sentence_norm: bool = False,
+                         projection: bool = False, contrastive_dim: int = 0) -> nn.ModuleList:  # fmt: skip
+    """One matching-aware discriminator per generator stage (contrastive_dim > 0: with XMC-GAN's contrastive heads)."""
     return nn.ModuleList(StageDiscriminator(r, text_dim, ndf, uncond=uncond, sentence_norm=sentence_norm,
-                                            projection=projection) for r in resolutions)  # fmt: skip
+                                            projection=projection, contrastive_dim=contrastive_dim)
+                         for r in resolutions)  # fmt: skip
 
 
-def build_stackgan(cfg: StackGANConfig):
+def build_stackgan(cfg: StackGANConfig, contrastive_dim: int = 0):
     """-> (generator, discriminators); in 'stage2' mode only stage II's discriminator is trained."""
     G = StackGANGenerator(cfg)
     d_res = cfg.d_stage_resolutions if cfg.train_stage == "joint" else [cfg.resolution]
-    D = build_discriminators(d_res, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection)
+    D = build_discriminators(d_res, cfg.text_dim, cfg.ndf, cfg.uncond_logits, cfg.sentence_norm, cfg.d_projection,
+                             contrastive_dim)  # fmt: skip
     return G, D
 
 

@@ -85,3 +85,19 @@ def test_damsm_sentence_loss_hand_values():
     # Pairs marked as describing the same thing are not negatives.
     same = torch.ones(2, 2, dtype=torch.bool)
     assert L.damsm_sentence_loss(code, sent, 10.0, same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_contrastive_loss_matches_naive_loops():
+    """XMC-GAN's sentence loss: per pair -log softmax(cos / tau) over the batch, both directions, averaged."""
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(5, 6, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(5, 6, generator=g), dim=-1)
+    tau, total = 0.1, 0.0
+    for i in range(5):
+        row = [math.exp(float(img[i] @ txt[j]) / tau) for j in range(5)]
+        col = [math.exp(float(img[j] @ txt[i]) / tau) for j in range(5)]
+        total += -math.log(row[i] / sum(row)) - math.log(col[i] / sum(col))
+    assert L.contrastive_loss(img, txt, tau).item() == pytest.approx(total / 10, rel=1e-5)
+    assert L.contrastive_loss(img, img, tau) < L.contrastive_loss(img, txt, tau)  # matched pairs score lower
+    same = torch.ones(5, 5, dtype=torch.bool)  # every pair describes the same thing: nothing left to contrast
+    assert L.contrastive_loss(img, txt, tau, same).item() == pytest.approx(0.0, abs=1e-6)

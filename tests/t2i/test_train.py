@@ -339,6 +339,51 @@ def test_near_miss_negatives_reach_d(text_encoder, tmp_path):
         fam._near_miss_sentences(batch, 0)
 
 
+@pytest.mark.parametrize("family", ["stackgan", "attngan"])
+def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
+    """train.contrastive_weight: every stage's D gets image/sentence heads; the D phase contrasts real images with
+    their captions, the G phase the fakes; both terms are logged, differentiable and weighted into the loss."""
+    from types import SimpleNamespace
+
+    from t2i import losses as L
+    from t2i.models.stackgan import downsample_to
+    from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict
+
+    model = apply_overrides({}, TINY[family])["model"]
+    fam = GANFamily(family, model, TrainConfig(contrastive_weight=0.5, contrastive_dim=8, lambda_damsm=0))
+    fam.bind(SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m), text_encoder,
+             fam.modules)  # fmt: skip
+    batch = Batches(_from_dict(DataConfig, {"size": 16, "length": 32}, "data"), 4, 0, 1, 0).get(0)
+    D = fam.modules["D"].eval()  # per-sample forwards, so the reference below sees the same logits
+    out = fam.d_step(batch, 0)
+    s = torch.nn.functional.layer_norm(fam._features(batch)[0].sentence, (384,))
+    ref = 0.0
+    sizes = fam.cfg.stages if family == "attngan" else [fam.cfg.stage1_resolution, fam.cfg.resolution]
+    for size, stage in zip(sizes, D.stages, strict=True):
+        ei, et = stage(downsample_to(batch["image"], size), s, contrastive=True)[2]
+        assert ei.shape == et.shape == (4, 8) and torch.allclose(ei.norm(dim=1), torch.ones(4))
+        ref = ref + L.contrastive_loss(ei, et, 0.1)
+    assert torch.allclose(out["d_con"], ref, rtol=1e-5)
+    assert torch.allclose(out["loss"], out["d_adv"] + out["d_gp"] + 0.5 * out["d_con"], rtol=1e-6)
+    out["loss"].backward()
+    assert all(st.c_img.weight.grad.abs().sum() > 0 and st.c_txt.weight.grad.abs().sum() > 0 for st in D.stages)
+    g = fam.g_step(batch, 0)
+    assert g["g_con"].item() > 0
+    assert torch.allclose(g["loss"], g["g_adv"] + fam.t.kl_weight * g["g_kl"] + 0.5 * g["g_con"], rtol=1e-6)
+    G = fam.modules["G"]
+    G.zero_grad()
+    (0.5 * g["g_con"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())  # G learns from it
+    with pytest.raises(ValueError, match="no contrastive heads"):
+        GANFamily(family, model, TrainConfig(lambda_damsm=0)).modules["D"].stages[0](batch["image"][:, :, ::2, ::2],
+                                                                                  s, contrastive=True)  # fmt: skip
+    run = _run(family, tmp_path, text_encoder, ["train.contrastive_weight=1", "train.contrastive_dim=8"])
+    log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
+    assert {"d_con", "g_con"} <= set(log[-1])
+    with pytest.raises(ValueError, match="train.contrastive_weight must be >= 0"):
+        _run("stackgan", tmp_path, text_encoder, ["train.contrastive_tau=0"])
+
+
 def test_ema_update_reads_the_device_a_fixed_number_of_times():
     """On a GPU every tensor -> Python number read is a device sync: the EMA update must not do one per parameter
     (it did, ~190 a StackGAN step). Counted as aten._local_scalar_dense calls, for 2 and for 40 layers."""
