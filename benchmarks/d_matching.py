@@ -95,11 +95,16 @@ def main(argv=None) -> int:
                 continue
             miss = enc.encode(caps, cache=False)
             s_true, s_miss = f.sentence[idx], miss.sentence
-            row = []
+            row, con = [], []
             for i, stage in enumerate(D.stages):
                 r = downsample_to(real[idx], fakes[i].shape[-1])
                 row.append(f"{(stage(r, s_true)[0] > stage(r, s_miss)[0]).float().mean():.2f}")
+                if stage.c_img is not None:  # train.contrastive_weight: the contrastive heads' cosine, same question
+                    (ei, et), (_, em) = (stage(r, t, contrastive=True)[2] for t in (s_true, s_miss))
+                    con.append(f"{((ei * et).sum(1) > (ei * em).sum(1)).float().mean():.2f}")
             line = f"near miss {kind:8s} (n={len(idx):2d}): D prefers the true caption, per stage: {' / '.join(row)}"
+            if con:
+                line += f"; contrastive heads: {' / '.join(con)}"
             if fam.damsm is not None:  # the generator's other critic: DAMSM's sentence and word matching scores
                 (ts, tw), (ms, mw) = (damsm_scores(fam.damsm.eval(), real[idx], t) for t in (f[idx], miss))
                 line += f"; DAMSM: sentence {(ts > ms).float().mean():.2f}, word {(tw > mw).float().mean():.2f}"

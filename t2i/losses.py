@@ -95,11 +95,28 @@ def _pair_ce(scores: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
 
 
 def contrastive_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.1, same: torch.Tensor | None = None
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    tau: float = 0.1,
+    same: torch.Tensor | None = None,
+    hard: torch.Tensor | None = None,
+    hard_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """XMC-GAN's image-sentence contrastive loss: unit vectors (B, E) each, softmax over cosine / tau across the
-    batch, image->text and text->image averaged (true pairs on the diagonal; `same` as in `_pair_ce`)."""
-    return _pair_ce(image_emb @ text_emb.t() / tau, same) / 2
+    batch, image->text and text->image averaged (true pairs on the diagonal; `same` as in `_pair_ce`).
+
+    `hard` (R, E): one extra caption embedding per image in `hard_rows` (R,), a hard negative (a near miss) that
+    joins that image's image->text softmax."""
+    scores = image_emb @ text_emb.t() / tau
+    if hard is None:
+        return _pair_ce(scores, same) / 2
+    B = scores.shape[0]
+    if same is not None:
+        scores = scores.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=scores.device), float("-inf"))
+    extra = torch.full((B, 1), float("-inf"), device=scores.device, dtype=scores.dtype)
+    extra[hard_rows, 0] = ((image_emb[hard_rows] * hard).sum(1) / tau).to(scores.dtype)  # bf16 under autocast
+    labels = torch.arange(B, device=scores.device)
+    return (F.cross_entropy(torch.cat([scores, extra], 1), labels) + F.cross_entropy(scores.t(), labels)) / 2
 
 
 def damsm_sentence_loss(

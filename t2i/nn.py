@@ -146,5 +146,10 @@ class StageDiscriminator(nn.Module):
         if self.c_img is None:
             raise ValueError("this discriminator has no contrastive heads (built with contrastive_dim=0)")
         ei = F.normalize(self.c_img(h.flatten(1)).float(), dim=-1)
-        et = F.normalize(self.c_txt(sentence).float(), dim=-1)
-        return cond, uncond, (ei, et)
+        return cond, uncond, (ei, self.embed_text(sentence, normed=True))
+
+    def embed_text(self, sentence: torch.Tensor, normed: bool = False) -> torch.Tensor:
+        """The contrastive sentence head alone (extra negatives need no image): (B, text_dim) -> unit (B, dim)."""
+        if self.sentence_norm and not normed:
+            sentence = F.layer_norm(sentence, sentence.shape[-1:])
+        return F.normalize(self.c_txt(sentence).float(), dim=-1)

@@ -63,6 +63,9 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     contrastive_tau: float = 0.1
     contrastive_dim: int = 256
+    # Shapes: this fraction of each batch's images also gets a near miss of its own caption (one shape, colour, size,
+    # position changed or two objects swapped) as an extra negative in the contrastive softmax, D's and G's alike
+    contrastive_near_miss: float = 0.0
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -340,6 +343,19 @@ class GANFamily:
         s = self.encoder.encode(caps, cache=False).sentence.to(self.acc.device)
         return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
+    def _contrastive_near_misses(self, batch, step):
+        """(near-miss sentences (R, D), their rows (R,)) for train.contrastive_near_miss, or (None, None). The rows
+        and captions are seeded by step, and the D and G phases of a step share one encoding."""
+        if self.t.contrastive_weight <= 0 or self.t.contrastive_near_miss <= 0:
+            return None, None
+        if getattr(self, "_hard", (None,))[0] != step:
+            B = len(batch["captions"])
+            g = step_generator(self.t.seed, step, self.acc.process_index, 13)
+            rows = (torch.rand(B, generator=g) < self.t.contrastive_near_miss).nonzero().flatten()
+            hard = self._near_miss_sentences(batch, step, rows.tolist()) if len(rows) else None
+            self._hard = (step, hard, rows.to(self.acc.device) if hard is not None else None)
+        return self._hard[1], self._hard[2]
+
     def d_step(self, batch, step):
         f, mis, same = self._features(batch)
         real = batch["image"].to(self.acc.device)
@@ -375,12 +391,16 @@ class GANFamily:
             imgs.append(torch.cat([r, r, x.detach()]))
             sents.append(torch.cat([s, wrong, sentence]))
         con = self.t.contrastive_weight > 0
+        hard, hard_rows = self._contrastive_near_misses(batch, step)
         outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
         out = {"d_adv": 0.0, "d_gp": 0.0} | ({"d_con": 0.0} if con else {})
-        for (cond, uncond, *emb), (r, s) in zip(outs, leaves):
+        stages = self.acc.unwrap_model(self.p["D"]).stages
+        for (cond, uncond, *emb), (r, s), stage in zip(outs, leaves, stages):
             if con:  # real images against their own captions (rows :B hold real/matching)
                 ei, et = emb[0]
-                out["d_con"] = out["d_con"] + L.contrastive_loss(ei[:B], et[:B], self.t.contrastive_tau, same)
+                h = stage.embed_text(hard, normed=True) if hard is not None else None
+                out["d_con"] = out["d_con"] + L.contrastive_loss(ei[:B], et[:B], self.t.contrastive_tau, same, h,
+                                                                 hard_rows)  # fmt: skip
             real_u = uncond[:B] if uncond is not None else None
             fake_u = uncond[2 * B :] if uncond is not None else None
             out["d_adv"] = out["d_adv"] + L.matching_aware_d_loss(
@@ -400,10 +420,12 @@ class GANFamily:
         imgs = o.images[len(o.images) - D.n :]
         con = self.t.contrastive_weight > 0
         outs = D(imgs, [f.sentence] * len(imgs), con)
+        hard, hard_rows = self._contrastive_near_misses(batch, step)
         adv, g_con = 0.0, 0.0
-        for cond, uncond, *emb in outs:
+        for (cond, uncond, *emb), stage in zip(outs, D.stages):
             if con:
-                g_con = g_con + L.contrastive_loss(*emb[0], self.t.contrastive_tau, same)
+                h = stage.embed_text(hard, normed=True) if hard is not None else None
+                g_con = g_con + L.contrastive_loss(*emb[0], self.t.contrastive_tau, same, h, hard_rows)
             adv = adv + L.g_adv_loss(self.t.gan_loss, cond)
             if uncond is not None:
                 adv = adv + self.t.uncond_weight * L.g_adv_loss(self.t.gan_loss, uncond)
@@ -727,6 +749,10 @@ def check_train_config(tcfg: TrainConfig) -> None:
         v = getattr(tcfg, k)
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"train.{k} must be an integer >= {lo}{' (never)' if lo == 0 else ''}, got {v!r}")
+    if not 0 <= tcfg.contrastive_near_miss <= 1:
+        raise ValueError(
+            f"train.contrastive_near_miss is a fraction of the batch (0-1), got {tcfg.contrastive_near_miss!r}"
+        )
     if tcfg.contrastive_weight < 0 or tcfg.contrastive_tau <= 0 or tcfg.contrastive_dim < 1:
         got = f"{tcfg.contrastive_weight!r} / {tcfg.contrastive_tau!r} / {tcfg.contrastive_dim!r}"
         raise ValueError(f"train.contrastive_weight must be >= 0, contrastive_tau > 0, contrastive_dim >= 1: {got}")

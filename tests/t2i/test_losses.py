@@ -101,3 +101,13 @@ def test_contrastive_loss_matches_naive_loops():
     assert L.contrastive_loss(img, img, tau) < L.contrastive_loss(img, txt, tau)  # matched pairs score lower
     same = torch.ones(5, 5, dtype=torch.bool)  # every pair describes the same thing: nothing left to contrast
     assert L.contrastive_loss(img, txt, tau, same).item() == pytest.approx(0.0, abs=1e-6)
+    # A hard negative for images 1 and 3 joins only their image->text softmax.
+    hard = F.normalize(torch.randn(2, 6, generator=g), dim=-1)
+    total = 0.0
+    for i in range(5):
+        row = [math.exp(float(img[i] @ txt[j]) / tau) for j in range(5)]
+        row += [math.exp(float(img[i] @ hard[[1, 3].index(i)]) / tau)] if i in (1, 3) else []
+        col = [math.exp(float(img[j] @ txt[i]) / tau) for j in range(5)]
+        total += -math.log(row[i] / sum(row)) - math.log(col[i] / sum(col))
+    got = L.contrastive_loss(img, txt, tau, hard=hard, hard_rows=torch.tensor([1, 3]))
+    assert got.item() == pytest.approx(total / 10, rel=1e-5) and got > L.contrastive_loss(img, txt, tau)

@@ -377,9 +377,23 @@ def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
     with pytest.raises(ValueError, match="no contrastive heads"):
         GANFamily(family, model, TrainConfig(lambda_damsm=0)).modules["D"].stages[0](batch["image"][:, :, ::2, ::2],
                                                                                   s, contrastive=True)  # fmt: skip
-    run = _run(family, tmp_path, text_encoder, ["train.contrastive_weight=1", "train.contrastive_dim=8"])
+    # contrastive_near_miss: the chosen images' near misses join the softmax, D's and G's phase alike.
+    fam.t.contrastive_near_miss = 0.5
+    hard, rows = fam._contrastive_near_misses(batch, 0)
+    assert 0 < len(rows) < 4 and hard.shape == (len(rows), 384)
+    assert torch.allclose(hard, fam._near_miss_sentences(batch, 0, rows.tolist()))
+    ref = 0.0
+    for size, stage in zip(sizes, D.stages, strict=True):
+        ei, et = stage(downsample_to(batch["image"], size), s, contrastive=True)[2]
+        ref = ref + L.contrastive_loss(ei, et, 0.1, hard=stage.embed_text(hard, normed=True), hard_rows=rows)
+    assert torch.allclose(fam.d_step(batch, 0)["d_con"], ref, rtol=1e-5)
+    assert fam.g_step(batch, 0)["g_con"] > 0
+    run = _run(family, tmp_path, text_encoder, ["train.contrastive_weight=1", "train.contrastive_dim=8",
+                                                "train.contrastive_near_miss=0.5"])  # fmt: skip
     log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
     assert {"d_con", "g_con"} <= set(log[-1])
+    with pytest.raises(ValueError, match="contrastive_near_miss is a fraction"):
+        _run("stackgan", tmp_path, text_encoder, ["train.contrastive_near_miss=2"])
     with pytest.raises(ValueError, match="train.contrastive_weight must be >= 0"):
         _run("stackgan", tmp_path, text_encoder, ["train.contrastive_tau=0"])
 
