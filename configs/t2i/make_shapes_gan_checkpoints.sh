@@ -6,6 +6,8 @@
 # own max_steps (20,000) are what a GPU or a night of CPU should use:
 #   STACKGAN_STEPS=20000 DAMSM_STEPS=1500 ATTNGAN_STEPS=20000 configs/t2i/make_shapes_gan_checkpoints.sh
 # StackGAN and the DAMSM -> AttnGAN chain are independent: PARALLEL=1 runs them side by side (one core each).
+# MIXED_PRECISION=bf16 trains in bf16 autocast, as the bundled GANs were (1.4-1.6x faster on a CPU with AVX512-BF16
+# or AMX, slower without; docs/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -18,11 +20,13 @@ run_of() { sed -n 's/^run folder: \([^ ]*\).*/\1/p' "$1" | tail -n1; }
 $T2I data encode shapes --num 10000            # pre-encode the training captions once (cached on disk)
 
 stackgan() {
-  $T2I train configs/t2i/shapes_stackgan.yaml --max-steps "${STACKGAN_STEPS:-18500}" --no-progress > "$LOGS/stackgan.out"
+  $T2I train configs/t2i/shapes_stackgan.yaml "train.mixed_precision=${MIXED_PRECISION:-no}" \
+    --max-steps "${STACKGAN_STEPS:-20000}" --no-progress > "$LOGS/stackgan.out"
 }
 attngan() {
   $T2I train configs/t2i/shapes_damsm.yaml --max-steps "${DAMSM_STEPS:-500}" --no-progress > "$LOGS/damsm.out"
   $T2I train configs/t2i/shapes_attngan.yaml "model.damsm_checkpoint=$(run_of "$LOGS/damsm.out")" \
+    "train.mixed_precision=${MIXED_PRECISION:-no}" \
     --max-steps "${ATTNGAN_STEPS:-2000}" --no-progress > "$LOGS/attngan.out"
 }
 if [ "${PARALLEL:-0}" = 1 ]; then
