@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                 r = downsample_to(real[idx], fakes[i].shape[-1])
                 row.append(f"{(stage(r, s_true)[0] > stage(r, s_miss)[0]).float().mean():.2f}")
                 if stage.c_img is not None:  # train.contrastive_weight: the contrastive heads' cosine, same question
-                    (ei, et), (_, em) = (stage(r, t, contrastive=True)[2] for t in (s_true, s_miss))
+                    ei, et = stage(r, s_true, contrastive=True)[2]
+                    em = stage.embed_text(s_miss)
                     con.append(f"{((ei * et).sum(1) > (ei * em).sum(1)).float().mean():.2f}")
             line = f"near miss {kind:8s} (n={len(idx):2d}): D prefers the true caption, per stage: {' / '.join(row)}"
             if con:

@@ -81,17 +81,20 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 # DAMSM (AttnGAN, section 3.3): matching between image regions / image code and words / sentence.
 
 
-def _pair_ce(scores: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
+def _pair_ce(scores: torch.Tensor, same: torch.Tensor | None, extra: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric cross-entropy over a (B_img, B_cap) score matrix whose diagonal holds the true pairs.
 
     `same` (B, B) bool marks off-diagonal pairs that also match (same description): they are excluded as negatives.
+    `extra` (B, K): more caption scores per image (-inf where an image has none), negatives in the image->caption
+    direction only.
     """
     B = scores.shape[0]
     if same is not None:
         off = same & ~torch.eye(B, dtype=torch.bool, device=scores.device)
         scores = scores.masked_fill(off, float("-inf"))
     labels = torch.arange(B, device=scores.device)
-    return F.cross_entropy(scores, labels) + F.cross_entropy(scores.t(), labels)
+    rows = scores if extra is None else torch.cat([scores, extra], 1)
+    return F.cross_entropy(rows, labels) + F.cross_entropy(scores.t(), labels)
 
 
 def contrastive_loss(
@@ -108,15 +111,11 @@ def contrastive_loss(
     `hard` (R, E): one extra caption embedding per image in `hard_rows` (R,), a hard negative (a near miss) that
     joins that image's image->text softmax."""
     scores = image_emb @ text_emb.t() / tau
-    if hard is None:
-        return _pair_ce(scores, same) / 2
-    B = scores.shape[0]
-    if same is not None:
-        scores = scores.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=scores.device), float("-inf"))
-    extra = torch.full((B, 1), float("-inf"), device=scores.device, dtype=scores.dtype)
-    extra[hard_rows, 0] = ((image_emb[hard_rows] * hard).sum(1) / tau).to(scores.dtype)  # bf16 under autocast
-    labels = torch.arange(B, device=scores.device)
-    return (F.cross_entropy(torch.cat([scores, extra], 1), labels) + F.cross_entropy(scores.t(), labels)) / 2
+    extra = None
+    if hard is not None:
+        extra = torch.full((scores.shape[0], 1), float("-inf"), device=scores.device, dtype=scores.dtype)
+        extra[hard_rows, 0] = ((image_emb[hard_rows] * hard).sum(1) / tau).to(scores.dtype)  # bf16 under autocast
+    return _pair_ce(scores, same, extra) / 2
 
 
 def damsm_sentence_loss(

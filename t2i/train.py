@@ -345,16 +345,17 @@ class GANFamily:
 
     def _contrastive_near_misses(self, batch, step):
         """(near-miss sentences (R, D), their rows (R,)) for train.contrastive_near_miss, or (None, None). The rows
-        and captions are seeded by step, and the D and G phases of a step share one encoding."""
+        and captions are seeded by step; they are kept in the batch, so the D and G phases of a micro-step share one
+        encoding and each micro-batch of a gradient-accumulation step gets its own."""
         if self.t.contrastive_weight <= 0 or self.t.contrastive_near_miss <= 0:
             return None, None
-        if getattr(self, "_hard", (None,))[0] != step:
+        if "_contrastive_near_misses" not in batch:
             B = len(batch["captions"])
             g = step_generator(self.t.seed, step, self.acc.process_index, 13)
             rows = (torch.rand(B, generator=g) < self.t.contrastive_near_miss).nonzero().flatten()
             hard = self._near_miss_sentences(batch, step, rows.tolist()) if len(rows) else None
-            self._hard = (step, hard, rows.to(self.acc.device) if hard is not None else None)
-        return self._hard[1], self._hard[2]
+            batch["_contrastive_near_misses"] = (hard, rows.to(self.acc.device) if hard is not None else None)
+        return batch["_contrastive_near_misses"]
 
     def d_step(self, batch, step):
         f, mis, same = self._features(batch)

@@ -382,6 +382,12 @@ def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
     hard, rows = fam._contrastive_near_misses(batch, 0)
     assert 0 < len(rows) < 4 and hard.shape == (len(rows), 384)
     assert torch.allclose(hard, fam._near_miss_sentences(batch, 0, rows.tolist()))
+    other = Batches(_from_dict(DataConfig, {"size": 16, "length": 32}, "data"), 4, 0, 1, 0).get(1)
+    other_hard, other_rows = fam._contrastive_near_misses(other, 0)  # a second micro-batch of the same step
+    assert torch.equal(other_rows, rows) and torch.allclose(
+        other_hard, fam._near_miss_sentences(other, 0, rows.tolist())
+    )
+    assert not torch.allclose(other_hard, hard)
     ref = 0.0
     for size, stage in zip(sizes, D.stages, strict=True):
         ei, et = stage(downsample_to(batch["image"], size), s, contrastive=True)[2]
