@@ -118,6 +118,15 @@ def contrastive_loss(
     return _pair_ce(scores, same, extra) / 2
 
 
+def image_contrastive_loss(
+    fake_emb: torch.Tensor, real_emb: torch.Tensor, tau: float = 0.1, same: torch.Tensor | None = None
+) -> torch.Tensor:
+    """XMC-GAN's image-image contrastive loss: unit embeddings (B, E) of generated images and of the real images of
+    their captions; fake i and real i are the positive pair, the other real images of the batch the negatives
+    (`same` as in `_pair_ce`), both directions averaged."""
+    return _pair_ce(fake_emb @ real_emb.t() / tau, same) / 2
+
+
 def damsm_sentence_loss(
     image_code: torch.Tensor, sentence: torch.Tensor, gamma3: float = 10.0, same: torch.Tensor | None = None
 ) -> torch.Tensor:

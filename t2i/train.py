@@ -66,6 +66,9 @@ class TrainConfig:
     # Shapes: this fraction of each batch's images also gets a near miss of its own caption (one shape, colour, size,
     # position changed or two objects swapped) as an extra negative in the contrastive softmax, D's and G's alike
     contrastive_near_miss: float = 0.0
+    # XMC-GAN's image-image term, with D's image head as the encoder: G's image and the real image of its caption are
+    # the positive pair, the batch's other real images the negatives (G phase only; needs contrastive_weight > 0)
+    contrastive_image_weight: float = 0.0
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -435,6 +438,15 @@ class GANFamily:
         if con:
             out["g_con"] = g_con
             out["loss"] = out["loss"] + self.t.contrastive_weight * g_con
+        if self.t.contrastive_image_weight > 0:
+            from t2i.models.stackgan import downsample_to
+
+            real = batch["image"].to(self.acc.device)
+            with torch.no_grad():  # the real side is a fixed target for G's phase
+                reals = D([downsample_to(real, x.shape[-1]) for x in imgs], [f.sentence] * len(imgs), True)
+            out["g_con_img"] = sum(L.image_contrastive_loss(emb[0][0], r_emb[0][0], self.t.contrastive_tau, same)
+                                   for (_, _, *emb), (_, _, *r_emb) in zip(outs, reals))  # fmt: skip
+            out["loss"] = out["loss"] + self.t.contrastive_image_weight * out["g_con_img"]
         if self.damsm is not None:
             lw, ls = self.damsm.losses(o.images[-1], f.words, f.mask, f.sentence, same)
             out["g_damsm"] = lw + ls
@@ -757,6 +769,12 @@ def check_train_config(tcfg: TrainConfig) -> None:
     if tcfg.contrastive_weight < 0 or tcfg.contrastive_tau <= 0 or tcfg.contrastive_dim < 1:
         got = f"{tcfg.contrastive_weight!r} / {tcfg.contrastive_tau!r} / {tcfg.contrastive_dim!r}"
         raise ValueError(f"train.contrastive_weight must be >= 0, contrastive_tau > 0, contrastive_dim >= 1: {got}")
+    if tcfg.contrastive_image_weight < 0 or (tcfg.contrastive_image_weight > 0 and tcfg.contrastive_weight <= 0):
+        raise ValueError(
+            "train.contrastive_image_weight must be >= 0 and needs train.contrastive_weight > 0 (it uses the "
+            f"contrastive heads), got {tcfg.contrastive_image_weight!r} with contrastive_weight "
+            f"{tcfg.contrastive_weight!r}"
+        )
     if tcfg.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {tcfg.on_nonfinite!r}")
     if tcfg.mismatch not in ("batch", "near_miss", "mixed"):

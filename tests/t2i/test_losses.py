@@ -111,3 +111,22 @@ def test_contrastive_loss_matches_naive_loops():
         total += -math.log(row[i] / sum(row)) - math.log(col[i] / sum(col))
     got = L.contrastive_loss(img, txt, tau, hard=hard, hard_rows=torch.tensor([1, 3]))
     assert got.item() == pytest.approx(total / 10, rel=1e-5) and got > L.contrastive_loss(img, txt, tau)
+
+
+def test_image_contrastive_loss_matches_naive_loops():
+    """XMC-GAN's image-image loss: fake i's positive is real i, the batch's other reals its negatives (and the other
+    way round), -log softmax(cos / tau) averaged over both directions; `same` pairs are not negatives."""
+    g = torch.Generator().manual_seed(1)
+    fake = F.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    real = F.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    tau, same = 0.2, torch.eye(4, dtype=torch.bool)
+    same[0, 2] = same[2, 0] = True  # images 0 and 2 have the same caption
+    total = 0.0
+    for i in range(4):
+        neg = [j for j in range(4) if j == i or not same[i, j]]
+        row = {j: math.exp(float(fake[i] @ real[j]) / tau) for j in neg}
+        col = {j: math.exp(float(fake[j] @ real[i]) / tau) for j in neg}
+        total += -math.log(row[i] / sum(row.values())) - math.log(col[i] / sum(col.values()))
+    got = L.image_contrastive_loss(fake, real, tau, same)
+    assert got.item() == pytest.approx(total / 8, rel=1e-5)
+    assert L.image_contrastive_loss(real, real, tau) < L.image_contrastive_loss(fake, real, tau)

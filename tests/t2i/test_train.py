@@ -2,6 +2,7 @@
 that `load_pipeline` reloads to identical samples; resume after SIGKILL; overrides and bad recipes."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -402,6 +403,49 @@ def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
         _run("stackgan", tmp_path, text_encoder, ["train.contrastive_near_miss=2"])
     with pytest.raises(ValueError, match="train.contrastive_weight must be >= 0"):
         _run("stackgan", tmp_path, text_encoder, ["train.contrastive_tau=0"])
+
+
+@pytest.mark.parametrize("family", ["stackgan", "attngan"])
+def test_image_contrastive_term_reaches_g(family, text_encoder, tmp_path):
+    """train.contrastive_image_weight: in G's phase every stage's D image head embeds the fakes and (without grad)
+    the real images of their captions; the term equals a per-stage reference, is weighted into G's loss and trains G
+    only. Refused without the contrastive heads."""
+    from types import SimpleNamespace
+
+    from t2i import losses as L
+    from t2i.models.stackgan import downsample_to
+    from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict
+
+    model = apply_overrides({}, TINY[family])["model"]
+    tcfg = TrainConfig(contrastive_weight=0.5, contrastive_image_weight=2.0, contrastive_dim=8, lambda_damsm=0)
+    fam = GANFamily(family, model, tcfg)
+    fam.bind(SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m), text_encoder,
+             fam.modules)  # fmt: skip
+    batch = Batches(_from_dict(DataConfig, {"size": 16, "length": 32}, "data"), 4, 0, 1, 0).get(0)
+    D, G = fam.modules["D"].eval(), fam.modules["G"]
+    torch.manual_seed(0)
+    g = fam.g_step(batch, 0)
+    torch.manual_seed(0)  # the same fakes again, for the reference
+    f = fam._features(batch)[0]
+    fakes = fam._g_forward(G, batch, f, 0, 1).images[-len(D.stages) :]
+    ref = 0.0
+    for x, stage in zip(fakes, D.stages, strict=True):
+        ef = stage(x, f.sentence, contrastive=True)[2][0]
+        er = stage(downsample_to(batch["image"], x.shape[-1]), f.sentence, contrastive=True)[2][0]
+        ref = ref + L.image_contrastive_loss(ef, er, 0.1, fam._features(batch)[2])
+    assert torch.allclose(g["g_con_img"], ref, rtol=1e-4)
+    assert torch.allclose(g["loss"], g["g_adv"] + fam.t.kl_weight * g["g_kl"] + 0.5 * g["g_con"]
+                          + 2.0 * g["g_con_img"], rtol=1e-5)  # fmt: skip
+    G.zero_grad()
+    D.zero_grad()
+    g["g_con_img"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    run = _run(family, tmp_path, text_encoder, ["train.contrastive_weight=1", "train.contrastive_dim=8",
+                                                "train.contrastive_image_weight=1"])  # fmt: skip
+    log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
+    assert "g_con_img" in log[-1] and math.isfinite(log[-1]["g_con_img"])
+    with pytest.raises(ValueError, match="contrastive_image_weight must be >= 0 and needs train.contrastive_weight"):
+        _run("stackgan", tmp_path, text_encoder, ["train.contrastive_weight=0", "train.contrastive_image_weight=1"])
 
 
 def test_ema_update_reads_the_device_a_fixed_number_of_times():
