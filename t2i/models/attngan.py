@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from t2i.losses import damsm_sentence_loss, damsm_word_loss
 from t2i.models.stackgan import GenOutput, build_discriminators
-from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, image_head
+from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, down_block, image_head
 
 
 @dataclass
@@ -32,6 +32,10 @@ class AttnGANConfig:
     ngf: int = 32  # hidden width of the refinement stages (paper: 32); stage 0 starts at 4x4 x 16ngf
     ndf: int = 32
     res_blocks: int = 2  # per refinement stage (paper: 2)
+    # Refinement stages attend over the words and run their residual blocks 2^refine_down times coarser, then come
+    # back up and join the stage's input (a U-Net skip) before the x2 up-block. 0 = the paper (everything at the
+    # stage's resolution): 3x3 convolutions at 32x32 can restyle an object but not redraw its outline.
+    refine_down: int = 0
     cond_affine: bool = False  # also condition every BN on c (DF-GAN-like); the paper only concatenates
     # Standardise the sentence feature (parameter-free LayerNorm) before CA and D. MiniLM's is unit-norm, ~0.04 per
     # dimension: without this the text is ~1% of the CA noise at init and takes thousands of steps to be heard.
@@ -48,6 +52,10 @@ class AttnGANConfig:
         self.stages = [int(s) for s in self.stages]
         if not self.stages or self.stages[0] < 8 or self.stages[0] & (self.stages[0] - 1):
             raise ValueError(f"stages must start with a power of two >= 8, got {self.stages}")
+        if not 0 <= int(self.refine_down) or (1 << int(self.refine_down)) > self.stages[0] // 4:
+            raise ValueError(f"refine_down must be >= 0 and leave the first refinement at least 4x4, got "
+                             f"{self.refine_down} for stages {self.stages}")  # fmt: skip
+        self.refine_down = int(self.refine_down)
         for a, b in zip(self.stages, self.stages[1:]):
             if b != 2 * a:
                 raise ValueError(f"each stage must double the previous resolution, got {self.stages}")
@@ -100,22 +108,36 @@ class InitStage(nn.Module):
 
 
 class RefineStage(nn.Module):
-    """[h, word context] -> residual blocks -> x2 up-block: the next stage's hidden features."""
+    """[h, word context] -> residual blocks -> x2 up-block: the next stage's hidden features.
+
+    With refine_down k > 0 the attention and residual blocks run on h brought k halvings down (stride-2 convs), the
+    result is brought back up and concatenated with h before the up-block."""
 
     def __init__(self, cfg: AttnGANConfig):
         super().__init__()
-        g = cfg.ngf
+        g, k = cfg.ngf, cfg.refine_down
         cond = cfg.cond_dim if cfg.cond_affine else 0
-        self.attn = WordAttention(g, cfg.text_dim)
-        self.res = nn.ModuleList(ResBlock(g * 2, cond) for _ in range(cfg.res_blocks))
+        chans = [g * 2 ** min(i, 3) for i in range(k + 1)]  # g, 2g, 4g, 8g, 8g, ...
+        self.down = nn.ModuleList(down_block(chans[i], chans[i + 1]) for i in range(k))
+        self.attn = WordAttention(chans[k], cfg.text_dim)
+        self.res = nn.ModuleList(ResBlock(chans[k] * 2, cond) for _ in range(cfg.res_blocks))
+        lift_in = [chans[k] * 2] + [chans[i] for i in range(k - 1, 0, -1)]
+        self.lift = nn.ModuleList(UpBlock(c_in, chans[k - 1 - j], cond) for j, c_in in enumerate(lift_in[:k]))
         self.up = UpBlock(g * 2, g, cond)
 
     def forward(self, h, c, words, mask):
-        context, attn = self.attn(h, words, mask)
-        h = torch.cat([h, context], dim=1)  # (B, 2ngf, H, W)
+        x = h
+        for block in self.down:
+            x = block(x)
+        context, attn = self.attn(x, words, mask)
+        x = torch.cat([x, context], dim=1)  # (B, 2C, H', W')
         for block in self.res:
-            h = block(h, c)
-        return self.up(h, c), attn
+            x = block(x, c)
+        if self.down:
+            for up in self.lift:
+                x = up(x, c)
+            x = torch.cat([h, x], dim=1)  # (B, 2ngf, H, W)
+        return self.up(x, c), attn
 
 
 class AttnGANGenerator(nn.Module):

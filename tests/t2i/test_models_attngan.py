@@ -29,6 +29,35 @@ def test_forward_backward_and_attention_shapes():
     assert all(p.grad is not None for p in G.parameters())
 
 
+def test_coarse_refinement_sees_the_whole_object():
+    """refine_down k: the refinement stage attends and runs its residual blocks 2^k times coarser and comes back up
+    through a skip. Its output at one pixel then depends on hidden features 8+ pixels away, which the paper's
+    full-resolution stage (two 3x3 residual blocks and the up-block's 3x3) cannot see. k=0 keeps the paper's
+    parameters exactly; a k that would leave the first refinement under 4x4 is refused."""
+    import pytest
+
+    from t2i.models.attngan import RefineStage
+
+    words, mask, sent = _text()
+    cfg = dict(TINY, stages=[16, 32], res_blocks=2)
+    assert set(RefineStage(AttnGANConfig(**cfg)).state_dict()) == {
+        k for k in RefineStage(AttnGANConfig(**cfg, refine_down=2)).state_dict() if not k.startswith(("down", "lift"))
+    }
+    for k, far_reaches in [(0, False), (2, True)]:
+        stage = RefineStage(AttnGANConfig(**cfg, refine_down=k)).eval()
+        h = torch.randn(3, 4, 16, 16, requires_grad=True)
+        out, attn = stage(h, torch.randn(3, 6), words, mask)
+        assert out.shape == (3, 4, 32, 32) and attn.shape == (3, 6, 16 >> k, 16 >> k)
+        assert torch.allclose(attn.sum(1), torch.ones_like(attn[:, 0]), atol=1e-5) and (attn[2, 1:] == 0).all()
+        (g,) = torch.autograd.grad(out[0, :, 0, 0].sum(), h)  # which input pixels reach output pixel (0, 0)
+        assert (g[0, :, 10:, 10:].abs().sum() > 0) == far_reaches
+        assert g[1:].abs().sum() == 0  # eval-mode BN: no sample sees another
+    G, _ = build_attngan(AttnGANConfig(**TINY, refine_down=1))
+    assert G(torch.randn(3, 4), sent, words, mask).images[-1].shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="refine_down must be >= 0 and leave the first refinement at least 4x4"):
+        AttnGANConfig(**TINY, refine_down=2)  # 8 -> 2x2
+
+
 def test_masked_word_attention_equals_naive_loop():
     torch.manual_seed(1)
     att = WordAttention(5, 12)
