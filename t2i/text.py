@@ -232,6 +232,23 @@ class TextEncoder(torch.nn.Module):
                 "layer": self.layer}  # fmt: skip
 
 
+_MIRROR = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption with left and right swapped, word by word ("in the top left corner" -> "... top right ...",
+    "left of" -> "right of"); unchanged when it names neither. A caption that names a side describes a different
+    image once mirrored, which makes it a hard negative for left/right. Word-level: "all right" would be swapped too,
+    which only matters for datasets that say it."""
+    import re
+
+    def swap(m: re.Match) -> str:
+        w = _MIRROR[m.group(0).lower()]
+        return w.capitalize() if m.group(0)[0].isupper() else w
+
+    return re.sub(r"\b(left|right)(most)?\b", swap, caption, flags=re.IGNORECASE)
+
+
 def pad_features(per: list[tuple[torch.Tensor, torch.Tensor]]) -> TextFeatures:
     """[(words (L_i, D), sentence (D,))] -> TextFeatures padded with zeros to T = max L_i."""
     T = max(w.shape[0] for w, _ in per)

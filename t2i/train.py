@@ -66,6 +66,9 @@ class TrainConfig:
     # Shapes: this fraction of each batch's images also gets a near miss of its own caption (one shape, colour, size,
     # position changed or two objects swapped) as an extra negative in the contrastive softmax, D's and G's alike
     contrastive_near_miss: float = 0.0
+    # This fraction of the images whose caption names a side also gets its mirrored caption (left <-> right,
+    # t2i.text.mirror_caption) as that extra negative: for GANs that draw "top left" and "top right" in one place
+    contrastive_mirror: float = 0.0
     # XMC-GAN's image-image term, with D's image head as the encoder: G's image and the real image of its caption are
     # the positive pair, the batch's other real images the negatives (G phase only; needs contrastive_weight > 0)
     contrastive_image_weight: float = 0.0
@@ -347,16 +350,29 @@ class GANFamily:
         return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
     def _contrastive_near_misses(self, batch, step):
-        """(near-miss sentences (R, D), their rows (R,)) for train.contrastive_near_miss, or (None, None). The rows
+        """(hard-negative sentences (R, D), their rows (R,)) for train.contrastive_near_miss (near misses) or
+        train.contrastive_mirror (mirrored captions, only for captions that name a side), or (None, None). The rows
         and captions are seeded by step; they are kept in the batch, so the D and G phases of a micro-step share one
         encoding and each micro-batch of a gradient-accumulation step gets its own."""
-        if self.t.contrastive_weight <= 0 or self.t.contrastive_near_miss <= 0:
+        frac = self.t.contrastive_near_miss + self.t.contrastive_mirror  # (at most one of them is set)
+        if self.t.contrastive_weight <= 0 or frac <= 0:
             return None, None
         if "_contrastive_near_misses" not in batch:
-            B = len(batch["captions"])
+            caps = batch["captions"]
             g = step_generator(self.t.seed, step, self.acc.process_index, 13)
-            rows = (torch.rand(B, generator=g) < self.t.contrastive_near_miss).nonzero().flatten()
-            hard = self._near_miss_sentences(batch, step, rows.tolist()) if len(rows) else None
+            pick = torch.rand(len(caps), generator=g) < frac
+            if self.t.contrastive_mirror > 0:
+                from t2i.text import mirror_caption
+
+                mirrored = [mirror_caption(c) for c in caps]
+                pick &= torch.tensor([m != c for m, c in zip(mirrored, caps)], dtype=torch.bool)
+            rows = pick.nonzero().flatten()
+            hard = None
+            if len(rows) and self.t.contrastive_mirror > 0:  # a fixed set of captions: worth the encoder's cache
+                hard = self.encoder.encode([mirrored[i] for i in rows.tolist()]).sentence.to(self.acc.device)
+                hard = torch.nn.functional.layer_norm(hard, hard.shape[-1:]) if self.cfg.sentence_norm else hard
+            elif len(rows):
+                hard = self._near_miss_sentences(batch, step, rows.tolist())
             batch["_contrastive_near_misses"] = (hard, rows.to(self.acc.device) if hard is not None else None)
         return batch["_contrastive_near_misses"]
 
@@ -765,6 +781,13 @@ def check_train_config(tcfg: TrainConfig) -> None:
     if not 0 <= tcfg.contrastive_near_miss <= 1:
         raise ValueError(
             f"train.contrastive_near_miss is a fraction of the batch (0-1), got {tcfg.contrastive_near_miss!r}"
+        )
+    if not 0 <= tcfg.contrastive_mirror <= 1:
+        raise ValueError(f"train.contrastive_mirror is a fraction of the batch (0-1), got {tcfg.contrastive_mirror!r}")
+    if tcfg.contrastive_mirror > 0 and tcfg.contrastive_near_miss > 0:
+        raise ValueError(
+            "train.contrastive_near_miss and train.contrastive_mirror both add the one extra negative per image: "
+            "set one of them"
         )
     if tcfg.contrastive_weight < 0 or tcfg.contrastive_tau <= 0 or tcfg.contrastive_dim < 1:
         got = f"{tcfg.contrastive_weight!r} / {tcfg.contrastive_tau!r} / {tcfg.contrastive_dim!r}"

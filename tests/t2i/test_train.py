@@ -405,6 +405,47 @@ def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
         _run("stackgan", tmp_path, text_encoder, ["train.contrastive_tau=0"])
 
 
+def test_contrastive_mirror_negatives(text_encoder, tmp_path):
+    """train.contrastive_mirror: images whose caption names a side get the caption with left and right swapped as
+    the extra negative of their softmax; captions that name no side get none (their mirror is the same scene)."""
+    from types import SimpleNamespace
+
+    from t2i import losses as L
+    from t2i.models.stackgan import downsample_to
+    from t2i.text import mirror_caption
+    from t2i.train import GANFamily, TrainConfig
+
+    model = apply_overrides({}, TINY["stackgan"])["model"]
+    fam = GANFamily("stackgan", model, TrainConfig(contrastive_weight=1, contrastive_dim=8, contrastive_mirror=1.0,
+                                                   lambda_damsm=0))  # fmt: skip
+    fam.bind(SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m), text_encoder,
+             fam.modules)  # fmt: skip
+    caps = ["a red circle in the top left corner", "a blue square at the top", "a star right of a heart",
+            "a green plus above a red box"]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    batch = {"captions": caps, "image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, "attributes": [None] * 4}
+    hard, rows = fam._contrastive_near_misses(batch, 0)
+    assert rows.tolist() == [0, 2]  # the two captions that name a side, all of them at fraction 1
+    want = text_encoder.encode(["a red circle in the top right corner", "a star left of a heart"]).sentence
+    assert torch.allclose(hard, torch.nn.functional.layer_norm(want, want.shape[-1:]), atol=1e-5)
+    D = fam.modules["D"].eval()
+    s = torch.nn.functional.layer_norm(fam._features(batch)[0].sentence, (384,))
+    ref = 0.0
+    for size, stage in zip([fam.cfg.stage1_resolution, fam.cfg.resolution], D.stages, strict=True):
+        ei, et = stage(downsample_to(batch["image"], size), s, contrastive=True)[2]
+        ref = ref + L.contrastive_loss(ei, et, 0.1, fam._features(batch)[2], stage.embed_text(hard, normed=True),
+                                       rows)  # fmt: skip
+    assert torch.allclose(fam.d_step(batch, 0)["d_con"], ref, rtol=1e-5)
+    assert mirror_caption("Left: a box, rightmost") == "Right: a box, leftmost"
+    assert mirror_caption("a bright star at the top") == "a bright star at the top"  # whole words only
+    run = _run("stackgan", tmp_path, text_encoder, ["train.contrastive_dim=8", "train.contrastive_mirror=0.5"])
+    assert "g_con" in json.loads((run / "train.log").read_text().splitlines()[-1])
+    with pytest.raises(ValueError, match="both add the one extra negative per image: set one of them"):
+        _run("stackgan", tmp_path, text_encoder, ["train.contrastive_mirror=0.5", "train.contrastive_near_miss=0.5"])
+    with pytest.raises(ValueError, match="contrastive_mirror is a fraction"):
+        _run("stackgan", tmp_path, text_encoder, ["train.contrastive_mirror=-1"])
+
+
 @pytest.mark.parametrize("family", ["stackgan", "attngan"])
 def test_image_contrastive_term_reaches_g(family, text_encoder, tmp_path):
     """train.contrastive_image_weight: in G's phase every stage's D image head embeds the fakes and (without grad)
