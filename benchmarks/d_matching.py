@@ -3,7 +3,8 @@ real/matching, real/mismatched and fake/matching pairs (conditional and uncondit
 encoder's sentence and word features. A D that reads the text scores real/mismatched well below real/matching.
 On Shapes it also asks, per kind of near miss (t2i.data.shapes.near_miss: the image's own scene with one shape,
 colour, size, position changed, or two objects swapped), how often D scores the true caption above the near miss on
-the same real image (0.5: D does not check that attribute).
+the same real image (0.5: D does not check that attribute); "mirror" is the caption itself with left and right
+swapped (t2i.text.mirror_caption), where it names a side.
 
     python benchmarks/d_matching.py runs/shapes_stackgan-002 runs/shapes_stackgan-002/checkpoints/step-000250
 """
@@ -64,10 +65,11 @@ def main(argv=None) -> int:
     )
     with torch.no_grad():
         fakes = G(torch.randn(args.batch, fam.cfg.z_dim), f.sentence, f.words, f.mask).images[-D.n :]
+        text = D.text(f.sentence, f.words, f.mask)  # what D's stages read (pooled with model.word_pool)
         for i, x in enumerate(fakes):
             real = downsample_to(batch["image"], x.shape[-1])
-            for name, img, s in [("real/matching", real, f.sentence), ("real/mismatched", real, f.sentence[mis]),
-                                 ("fake/matching", x, f.sentence)]:  # fmt: skip
+            for name, img, s in [("real/matching", real, text), ("real/mismatched", real, text[mis]),
+                                 ("fake/matching", x, text)]:  # fmt: skip
                 cond, uncond = D.stages[i](img, s)
                 u = f"  uncond {uncond.mean():+.3f}" if uncond is not None else ""
                 res = f"{x.shape[-1]}x{x.shape[-1]}"
@@ -80,10 +82,17 @@ def main(argv=None) -> int:
 
         scenes = [Scene.from_attributes(a) for a in batch["attributes"]]
         real = batch["image"]
-        for kind in ("color", "shape", "size", "position", "swap"):
+        from t2i.text import mirror_caption
+
+        for kind in ("color", "shape", "size", "position", "swap", "mirror"):
             rng = np.random.default_rng(0)
             idx, caps = [], []
             for j, sc in enumerate(scenes):
+                if kind == "mirror":  # the image's own caption with left and right swapped, where it names a side
+                    if mirror_caption(batch["captions"][j]) != batch["captions"][j]:
+                        idx.append(j)
+                        caps.append(mirror_caption(batch["captions"][j]))
+                    continue
                 if kind == "position" and len(sc.objects) != 1 or kind == "swap" and len(sc.objects) != 2:
                     continue
                 try:
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
             if not idx:
                 continue
             miss = enc.encode(caps, cache=False)
-            s_true, s_miss = f.sentence[idx], miss.sentence
+            s_true, s_miss = text[idx], D.text(miss.sentence, miss.words, miss.mask)
             row, con = [], []
             for i, stage in enumerate(D.stages):
                 r = downsample_to(real[idx], fakes[i].shape[-1])

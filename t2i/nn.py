@@ -30,6 +30,31 @@ class ConditioningAugmentation(nn.Module):
         return mu + self.noise * torch.exp(0.5 * logvar) * eps, mu, logvar
 
 
+class WordPool(nn.Module):
+    """The sentence vector plus a learned attention pooling of the word features: (B, D), (B, T, D), (B, T) -> (B, D).
+
+    A mean-pooled sentence embedding keeps little of a single word: on Shapes a caption and its left/right mirror
+    are 0.99 cosine-similar in all-MiniLM-L6-v2's sentence vector (their difference is 11% of a random pair's),
+    while the "left" and "right" tokens themselves differ. `heads` learned queries attend over the (standardised)
+    real words; their pooled vectors are projected back to D and added to the standardised sentence. The projection
+    starts at zero, so a fresh WordPool passes the standardised sentence through unchanged."""
+
+    def __init__(self, text_dim: int, heads: int = 4):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(heads, text_dim) / text_dim**0.5)
+        self.key = nn.Linear(text_dim, text_dim, bias=False)
+        self.out = nn.Linear(heads * text_dim, text_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, sentence: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = F.layer_norm(words, words.shape[-1:])
+        scores = torch.einsum("hd,btd->bht", self.query, self.key(w)) / w.shape[-1] ** 0.5
+        attn = scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)  # (B, heads, T) over real words
+        pooled = torch.einsum("bht,btd->bhd", attn, w).flatten(1)
+        return F.layer_norm(sentence, sentence.shape[-1:]) + self.out(pooled)
+
+
 class CondBatchNorm(nn.Module):
     """BatchNorm whose scale and shift are predicted from a condition vector (DF-GAN's affine, simplified).
 

@@ -267,7 +267,16 @@ class GANFamily:
             G, D = build_attngan(self.cfg, c_dim)
         self.family, self.t = family, tcfg
         L._check(tcfg.gan_loss)
-        self.modules = {"G": G, "D": MultiStageD(D)}
+        pool = None
+        if getattr(self.cfg, "word_pool", False):
+            from t2i.nn import WordPool
+
+            pool = WordPool(self.cfg.text_dim)
+            if tcfg.mismatch != "batch" or tcfg.contrastive_near_miss > 0:
+                raise ValueError("model.word_pool reads the words of every caption D sees; near-miss captions "
+                                 "(train.mismatch near_miss/mixed, train.contrastive_near_miss) are not supported "
+                                 "with it: use train.mismatch=batch and train.contrastive_mirror")  # fmt: skip
+        self.modules = {"G": G, "D": MultiStageD(D, pool)}
         self.optimizers = {
             "G": torch.optim.Adam(G.trainable_parameters(), lr=tcfg.lr_g, betas=tuple(tcfg.betas)),
             "D": torch.optim.Adam(self.modules["D"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas)),
@@ -369,12 +378,19 @@ class GANFamily:
             rows = pick.nonzero().flatten()
             hard = None
             if len(rows) and self.t.contrastive_mirror > 0:  # a fixed set of captions: worth the encoder's cache
-                hard = self.encoder.encode([mirrored[i] for i in rows.tolist()]).sentence.to(self.acc.device)
-                hard = torch.nn.functional.layer_norm(hard, hard.shape[-1:]) if self.cfg.sentence_norm else hard
+                hard = self.encoder.encode([mirrored[i] for i in rows.tolist()]).to(self.acc.device)  # TextFeatures
             elif len(rows):
                 hard = self._near_miss_sentences(batch, step, rows.tolist())
             batch["_contrastive_near_misses"] = (hard, rows.to(self.acc.device) if hard is not None else None)
         return batch["_contrastive_near_misses"]
+
+    def _hard_text(self, hard, D):
+        """The hard negatives as D's stages read them: near misses come as sentences (standardised), mirrored captions
+        as TextFeatures, through D's word pooling when it has one."""
+        if hard is None or torch.is_tensor(hard):
+            return hard
+        s = D.text(hard.sentence, hard.words, hard.mask)
+        return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
     def d_step(self, batch, step):
         f, mis, same = self._features(batch)
@@ -387,7 +403,8 @@ class GANFamily:
         from t2i.models.stackgan import downsample_to
 
         gp = self.t.ma_gp_weight > 0
-        sentence = f.sentence
+        Dm = self.acc.unwrap_model(self.p["D"])
+        sentence = Dm.text(f.sentence, f.words, f.mask)
         if self.cfg.sentence_norm:
             # D standardises the sentence itself (idempotent); hand it over standardised so MA-GP's gradient is taken
             # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
@@ -406,12 +423,14 @@ class GANFamily:
         imgs, sents, leaves = [], [], []
         for x in fake:
             r = downsample_to(real, x.shape[-1]).detach().requires_grad_(gp)
-            s = sentence.detach().clone().requires_grad_(gp)
+            # With word pooling the sentence comes out of D's pool: MA-GP differentiates at it, and the pool learns
+            s = sentence if Dm.pool is not None else sentence.detach().clone().requires_grad_(gp)
             leaves.append((r, s))
             imgs.append(torch.cat([r, r, x.detach()]))
             sents.append(torch.cat([s, wrong, sentence]))
         con = self.t.contrastive_weight > 0
         hard, hard_rows = self._contrastive_near_misses(batch, step)
+        hard = self._hard_text(hard, Dm)
         outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
         out = {"d_adv": 0.0, "d_gp": 0.0} | ({"d_con": 0.0} if con else {})
         stages = self.acc.unwrap_model(self.p["D"]).stages
@@ -439,8 +458,10 @@ class GANFamily:
         D = self.acc.unwrap_model(self.p["D"])
         imgs = o.images[len(o.images) - D.n :]
         con = self.t.contrastive_weight > 0
-        outs = D(imgs, [f.sentence] * len(imgs), con)
+        text = D.text(f.sentence, f.words, f.mask)
+        outs = D(imgs, [text] * len(imgs), con)
         hard, hard_rows = self._contrastive_near_misses(batch, step)
+        hard = self._hard_text(hard, D)
         adv, g_con = 0.0, 0.0
         for (cond, uncond, *emb), stage in zip(outs, D.stages):
             if con:
@@ -459,7 +480,7 @@ class GANFamily:
 
             real = batch["image"].to(self.acc.device)
             with torch.no_grad():  # the real side is a fixed target for G's phase
-                reals = D([downsample_to(real, x.shape[-1]) for x in imgs], [f.sentence] * len(imgs), True)
+                reals = D([downsample_to(real, x.shape[-1]) for x in imgs], [text] * len(imgs), True)
             out["g_con_img"] = sum(L.image_contrastive_loss(emb[0][0], r_emb[0][0], self.t.contrastive_tau, same)
                                    for (_, _, *emb), (_, _, *r_emb) in zip(outs, reals))  # fmt: skip
             out["loss"] = out["loss"] + self.t.contrastive_image_weight * out["g_con_img"]
@@ -531,12 +552,17 @@ def ema_with_warmup(decay: float):
 
 
 class MultiStageD(torch.nn.Module):
-    """The per-stage discriminators as one module (one DDP forward per phase): lists in, lists out."""
+    """The per-stage discriminators as one module (one DDP forward per phase): lists in, lists out. With a WordPool
+    (model.word_pool), `text()` turns (sentence, words, mask) into the sentence vector every stage reads."""
 
-    def __init__(self, stages: torch.nn.ModuleList):
+    def __init__(self, stages: torch.nn.ModuleList, pool: torch.nn.Module | None = None):
         super().__init__()
         self.stages = stages
         self.n = len(stages)
+        self.pool = pool
+
+    def text(self, sentence, words, mask):
+        return sentence if self.pool is None else self.pool(sentence, words, mask)
 
     def forward(self, images: list, sentences: list, contrastive: bool = False):
         return [d(x, s, contrastive) for d, x, s in zip(self.stages, images, sentences)]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from t2i.losses import damsm_sentence_loss, damsm_word_loss
 from t2i.models.stackgan import GenOutput, build_discriminators
-from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, down_block, image_head
+from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, WordPool, down_block, image_head
 
 
 @dataclass
@@ -45,6 +45,7 @@ class AttnGANConfig:
     # (benchmarks/ca_probe.py), so the generator barely sees where to draw. 0 conditions on mu alone.
     ca_noise: float = 1.0
     d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
+    word_pool: bool = False  # as in StackGANConfig: the sentence vector plus a learned attention pooling of the words
     uncond_logits: bool = True
     damsm_checkpoint: str | None = None  # a pretrained DAMSM folder; needed when lambda_damsm > 0
 
@@ -151,11 +152,14 @@ class AttnGANGenerator(nn.Module):
         self.refine = nn.ModuleList(RefineStage(cfg) for _ in cfg.stages[1:])
         self.heads = nn.ModuleList(image_head(cfg.ngf) for _ in cfg.stages)
         self.num_ca = 1
+        self.pool = WordPool(cfg.text_dim) if cfg.word_pool else None
 
     def forward(self, z, sentence, words, mask, generator=None, ca_eps=None) -> GenOutput:
         """z (B, z_dim), sentence (B, D), words (B, T, D), mask (B, T) -> GenOutput (images per stage, attention).
 
         ca_eps: optional [(B, cond_dim)] CA noise; else drawn from `generator`."""
+        if self.pool is not None:
+            sentence = self.pool(sentence, words, mask)
         c, mu, logvar = self.ca(sentence, generator, ca_eps[0] if ca_eps else None)
         h = self.init(z, c)
         images, maps = [self.heads[0](h)], []

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from t2i.nn import ConditioningAugmentation, ResBlock, StageDiscriminator, UpBlock, image_head
+from t2i.nn import ConditioningAugmentation, ResBlock, StageDiscriminator, UpBlock, WordPool, image_head
 
 
 @dataclass
@@ -40,6 +40,9 @@ class StackGANConfig:
     # (benchmarks/ca_probe.py), so the generator barely sees where to draw. 0 conditions on mu alone.
     ca_noise: float = 1.0
     d_projection: bool = False  # add a projection-discriminator term to D's conditional logit (training only)
+    # G and D read the caption as the sentence vector plus a learned attention pooling of the word features
+    # (t2i.nn.WordPool): the mean-pooled sentence vector all but loses left vs right
+    word_pool: bool = False
     uncond_logits: bool = True  # discriminators also output an unconditional real/fake logit
     train_stage: str = "joint"  # "joint" or "stage2" (frozen stage I from stage1_checkpoint)
     stage1_checkpoint: str | None = None
@@ -141,12 +144,15 @@ class StackGANGenerator(nn.Module):
         self.stage1 = Stage1Generator(cfg)
         self.stage2 = Stage2Generator(cfg) if cfg.resolution != cfg.stage1_resolution else None
         self.num_ca = 1 + (self.stage2 is not None)  # one conditioning augmentation per stage, as in the paper
+        self.pool = WordPool(cfg.text_dim) if cfg.word_pool else None
 
     def forward(self, z, sentence, words=None, mask=None, generator=None, ca_eps=None) -> GenOutput:
-        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are accepted and unused (same call as AttnGAN).
+        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are read only with word_pool (same call as AttnGAN).
 
         ca_eps: optional [(B, cond_dim)] * num_ca CA noise; else drawn from `generator`."""
         eps = ca_eps or [None] * self.num_ca
+        if self.pool is not None:
+            sentence = self.pool(sentence, words, mask)
         img1, mu1, lv1 = self.stage1(z, sentence, generator, eps[0])
         if self.stage2 is None:
             return GenOutput([img1], [mu1], [lv1])

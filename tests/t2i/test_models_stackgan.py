@@ -111,3 +111,33 @@ def test_stage2_mode_trains_only_stage2():
     ids = {id(p) for p in G.trainable_parameters()}
     assert ids == {id(p) for p in G.stage2.parameters()}
     assert len(D) == 1  # only the final stage's discriminator
+
+
+def test_word_pool_matches_a_naive_loop_and_ignores_padding():
+    """t2i.nn.WordPool: standardised sentence + out(concat over heads of sum_t softmax_t(q_h . key(w_t) / sqrt(D))
+    w_t) over the real words (w = standardised word features); a fresh one is the standardised sentence."""
+    import math
+
+    import torch.nn.functional as F
+
+    from t2i.nn import WordPool
+
+    torch.manual_seed(0)
+    B, T, Dm = 3, 5, 8
+    sent, words = torch.randn(B, Dm), torch.randn(B, T, Dm)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    pool = WordPool(Dm, heads=2)
+    assert torch.allclose(pool(sent, words, mask), F.layer_norm(sent, (Dm,)))  # zero-initialised projection
+    torch.nn.init.normal_(pool.out.weight)
+    got = pool(sent, words, mask)
+    for b in range(B):
+        w = F.layer_norm(words[b, mask[b]], (Dm,))  # real words only
+        heads = []
+        for h in range(2):
+            s = torch.stack([pool.query[h] @ pool.key(w[t]) / math.sqrt(Dm) for t in range(len(w))])
+            heads.append((s.softmax(0)[:, None] * w).sum(0))
+        want = F.layer_norm(sent[b], (Dm,)) + pool.out(torch.cat(heads))
+        assert torch.allclose(got[b], want, atol=1e-5)
+    junk = words.clone()
+    junk[~mask] = 100.0  # padding never read
+    assert torch.allclose(pool(sent, junk, mask), got, atol=1e-6)

@@ -447,6 +447,40 @@ def test_contrastive_mirror_negatives(text_encoder, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["stackgan", "attngan"])
+def test_word_pool_trains_in_both_phases_and_reloads(family, text_encoder, tmp_path):
+    """model.word_pool: G and D each pool the word features into the sentence they read. In D's phase its pool gets
+    gradient (MA-GP is taken at the pooled sentence), in G's phase G's pool; the 2-step run's export reloads to the
+    same samples; near-miss negatives (which come without words) are refused by name."""
+    from types import SimpleNamespace
+
+    from t2i.train import Batches, DataConfig, GANFamily, TrainConfig, _from_dict
+
+    model = apply_overrides({}, TINY[family] + ["model.word_pool=true"])["model"]
+    fam = GANFamily(family, model, TrainConfig(contrastive_weight=1, contrastive_dim=8, contrastive_mirror=1,
+                                               lambda_damsm=0, ma_gp_weight=2.0))  # fmt: skip
+    fam.bind(SimpleNamespace(device=torch.device("cpu"), process_index=0, unwrap_model=lambda m: m), text_encoder,
+             fam.modules)  # fmt: skip
+    batch = Batches(_from_dict(DataConfig, {"size": 16, "length": 32}, "data"), 8, 0, 1, 0).get(0)
+    D, G = fam.modules["D"], fam.modules["G"]
+    with torch.no_grad():  # past the zero-initialised projection, so every pool parameter is in the graph
+        D.pool.out.weight.normal_(0, 0.01)
+        G.pool.out.weight.normal_(0, 0.01)
+    out = fam.d_step(batch, 0)
+    assert out["d_gp"] > 0
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.pool.parameters())
+    G.zero_grad()
+    fam.g_step(batch, 0)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.pool.parameters())
+    run = _run(family, tmp_path, text_encoder, ["model.word_pool=true", "train.contrastive_dim=8",
+                                                "train.contrastive_mirror=1"])  # fmt: skip
+    _reloads_identically(run, text_encoder)
+    assert load_pipeline(run / "export").generator.pool is not None
+    with pytest.raises(ValueError, match="near-miss captions .* are not supported with it"):
+        _run(family, tmp_path, text_encoder, ["model.word_pool=true", "train.mismatch=near_miss"])
+
+
+@pytest.mark.parametrize("family", ["stackgan", "attngan"])
 def test_image_contrastive_term_reaches_g(family, text_encoder, tmp_path):
     """train.contrastive_image_weight: in G's phase every stage's D image head embeds the fakes and (without grad)
     the real images of their captions; the term equals a per-stage reference, is weighted into G's loss and trains G
