@@ -427,6 +427,7 @@ def test_contrastive_mirror_negatives(text_encoder, tmp_path):
     hard, rows = fam._contrastive_near_misses(batch, 0)
     assert rows.tolist() == [0, 2]  # the two captions that name a side, all of them at fraction 1
     want = text_encoder.encode(["a red circle in the top right corner", "a star left of a heart"]).sentence
+    hard = fam._hard_text(hard, fam.modules["D"])  # the mirrored captions' features, as D's stages read them
     assert torch.allclose(hard, torch.nn.functional.layer_norm(want, want.shape[-1:]), atol=1e-5)
     D = fam.modules["D"].eval()
     s = torch.nn.functional.layer_norm(fam._features(batch)[0].sentence, (384,))
