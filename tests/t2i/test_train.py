@@ -23,7 +23,7 @@ TINY = {
     "stackgan": ["model.resolution=16", "model.stage1_resolution=8", "model.ngf=4", "model.ndf=4", "model.z_dim=4",
                  "model.cond_dim=4", "model.res_blocks=1"],
     "damsm": ["model.resolution=16", "model.region_size=4", "model.embed_dim=8", "model.channels=4"],
-    "attngan": ["model.stages=[8,16]", "model.ngf=4", "model.ndf=4", "model.z_dim=4", "model.cond_dim=4",
+    "attngan": ["model.stages=[8,16]", "model.refine_down=1", "model.ngf=4", "model.ndf=4", "model.z_dim=4", "model.cond_dim=4",
                 "model.res_blocks=1"],
 }  # fmt: skip
 
@@ -329,9 +329,10 @@ def test_near_miss_negatives_reach_d(text_encoder, tmp_path):
     want = text_encoder.encode(caps).sentence
     assert torch.allclose(fam._near_miss_sentences(batch, 7, [1, 3]), torch.nn.functional.layer_norm(
         want, want.shape[-1:]), atol=1e-5)  # fmt: skip
-    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=near_miss"])
+    no_pool = ["model.word_pool=false", "train.contrastive_mirror=0"]  # near misses come without word features
+    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=near_miss", *no_pool])
     assert json.loads((run / "export/config.json").read_text())["step"] == 2
-    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=mixed"])
+    run = _run("stackgan", tmp_path, text_encoder, ["train.mismatch=mixed", *no_pool])
     assert json.loads((run / "export/config.json").read_text())["step"] == 2
     with pytest.raises(ValueError, match="train.mismatch must be 'batch', 'near_miss' or 'mixed'"):
         _run("stackgan", tmp_path, text_encoder, ["train.mismatch=hard"])
@@ -396,7 +397,8 @@ def test_contrastive_loss_reaches_both_phases(family, text_encoder, tmp_path):
     assert torch.allclose(fam.d_step(batch, 0)["d_con"], ref, rtol=1e-5)
     assert fam.g_step(batch, 0)["g_con"] > 0
     run = _run(family, tmp_path, text_encoder, ["train.contrastive_weight=1", "train.contrastive_dim=8",
-                                                "train.contrastive_near_miss=0.5"])  # fmt: skip
+                                                "train.contrastive_near_miss=0.5", "train.contrastive_mirror=0",
+                                                "model.word_pool=false"])  # fmt: skip
     log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
     assert {"d_con", "g_con"} <= set(log[-1])
     with pytest.raises(ValueError, match="contrastive_near_miss is a fraction"):
