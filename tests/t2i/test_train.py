@@ -23,8 +23,8 @@ TINY = {
     "stackgan": ["model.resolution=16", "model.stage1_resolution=8", "model.ngf=4", "model.ndf=4", "model.z_dim=4",
                  "model.cond_dim=4", "model.res_blocks=1"],
     "damsm": ["model.resolution=16", "model.region_size=4", "model.embed_dim=8", "model.channels=4"],
-    "attngan": ["model.stages=[8,16]", "model.refine_down=1", "model.ngf=4", "model.ndf=4", "model.z_dim=4", "model.cond_dim=4",
-                "model.res_blocks=1"],
+    "attngan": ["model.stages=[8,16]", "model.refine_down=1", "model.ngf=4", "model.ndf=4", "model.z_dim=4",
+                "model.cond_dim=4", "model.res_blocks=1"],
 }  # fmt: skip
 
 
