@@ -21,13 +21,13 @@ $T2I data encode shapes --num 10000            # pre-encode the training caption
 
 stackgan() {
   $T2I train configs/t2i/shapes_stackgan.yaml "train.mixed_precision=${MIXED_PRECISION:-no}" \
-    --max-steps "${STACKGAN_STEPS:-20000}" --no-progress > "$LOGS/stackgan.out"
+    --max-steps "${STACKGAN_STEPS:-18225}" --no-progress > "$LOGS/stackgan.out"
 }
 attngan() {
   $T2I train configs/t2i/shapes_damsm.yaml --max-steps "${DAMSM_STEPS:-500}" --no-progress > "$LOGS/damsm.out"
   $T2I train configs/t2i/shapes_attngan.yaml "model.damsm_checkpoint=$(run_of "$LOGS/damsm.out")" \
     "train.mixed_precision=${MIXED_PRECISION:-no}" \
-    --max-steps "${ATTNGAN_STEPS:-8400}" --no-progress > "$LOGS/attngan.out"
+    --max-steps "${ATTNGAN_STEPS:-9757}" --no-progress > "$LOGS/attngan.out"
 }
 if [ "${PARALLEL:-0}" = 1 ]; then
   stackgan & s=$!; attngan & a=$!; wait "$s"; wait "$a"
