@@ -20,17 +20,13 @@ from benchmarks import write_json  # noqa: E402
 def confusion(target, num_samples: int = 500) -> dict:
     """target: a checkpoint path, "real", or a generator callable.
     -> {"matrix": {named: {drawn: count}}, "accuracy", "side_swaps" (drawn in the mirrored cell), "n"}."""
-    import torch
-
     from t2i.data.shapes import POSITIONS
     from t2i.metrics.core import EvalContext
-    from t2i.metrics.networks import decode_cells
     from t2i.pipelines import load_pipeline
 
     gen = target if not isinstance(target, (str, Path)) else "real" if target == "real" else load_pipeline(target)
     ctx = EvalContext(gen, "shapes", num_samples, progress=False)
-    with torch.no_grad():
-        occ = decode_cells(ctx._batched(ctx.evaluator.recognizer, ctx.images)).occupancy
+    occ = ctx.cell_predictions.occupancy
     matrix = {p: dict.fromkeys(POSITIONS, 0) for p in POSITIONS}
     for attrs, o in zip(ctx.attributes, occ):
         if len(attrs["objects"]) == 1:

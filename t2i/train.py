@@ -268,7 +268,7 @@ class GANFamily:
         self.family, self.t = family, tcfg
         L._check(tcfg.gan_loss)
         pool = None
-        if getattr(self.cfg, "word_pool", False):
+        if self.cfg.word_pool:
             from t2i.nn import WordPool
 
             pool = WordPool(self.cfg.text_dim)
@@ -355,7 +355,10 @@ class GANFamily:
         rng = np.random.default_rng([self.t.seed, step, self.acc.process_index, 11])
         attrs = batch["attributes"] if rows is None else [batch["attributes"][i] for i in rows]
         caps = [caption_scene(near_miss(Scene.from_attributes(a), rng), rng, 1)[0] for a in attrs]
-        s = self.encoder.encode(caps, cache=False).sentence.to(self.acc.device)
+        return self._standardised(self.encoder.encode(caps, cache=False).sentence.to(self.acc.device))
+
+    def _standardised(self, s: torch.Tensor) -> torch.Tensor:
+        """A sentence feature at the scale D's stages read it (they standardise it themselves with sentence_norm)."""
         return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
 
     def _contrastive_near_misses(self, batch, step):
@@ -389,8 +392,7 @@ class GANFamily:
         as TextFeatures, through D's word pooling when it has one."""
         if hard is None or torch.is_tensor(hard):
             return hard
-        s = D.text(hard.sentence, hard.words, hard.mask)
-        return torch.nn.functional.layer_norm(s, s.shape[-1:]) if self.cfg.sentence_norm else s
+        return self._standardised(D.text(hard.sentence, hard.words, hard.mask))
 
     def d_step(self, batch, step):
         f, mis, same = self._features(batch)
@@ -404,12 +406,10 @@ class GANFamily:
 
         gp = self.t.ma_gp_weight > 0
         Dm = self.acc.unwrap_model(self.p["D"])
-        sentence = Dm.text(f.sentence, f.words, f.mask)
-        if self.cfg.sentence_norm:
-            # D standardises the sentence itself (idempotent); hand it over standardised so MA-GP's gradient is taken
-            # at the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the
-            # 6th-power penalty on it kept D from reading the text at all.
-            sentence = torch.nn.functional.layer_norm(sentence, sentence.shape[-1:])
+        # D standardises the sentence itself (idempotent); hand it over standardised so MA-GP's gradient is taken at
+        # the scale D reads. Through the LayerNorm, the unit-norm feature's gradient is ~20x larger, and the 6th-power
+        # penalty on it kept D from reading the text at all.
+        sentence = self._standardised(Dm.text(f.sentence, f.words, f.mask))
         if self.t.mismatch == "near_miss":
             wrong = self._near_miss_sentences(batch, step)
         else:
@@ -433,7 +433,7 @@ class GANFamily:
         hard = self._hard_text(hard, Dm)
         outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
         out = {"d_adv": 0.0, "d_gp": 0.0} | ({"d_con": 0.0} if con else {})
-        stages = self.acc.unwrap_model(self.p["D"]).stages
+        stages = Dm.stages
         for (cond, uncond, *emb), (r, s), stage in zip(outs, leaves, stages):
             if con:  # real images against their own captions (rows :B hold real/matching)
                 ei, et = emb[0]

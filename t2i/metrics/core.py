@@ -162,6 +162,13 @@ class EvalContext:
             )
         return _load_evaluator_cached(str(self.evaluator_path) if self.evaluator_path else None, str(self.device))
 
+    @cached_property
+    def cell_predictions(self):
+        """The evaluator's reading of every image: CellPrediction (per cell occupancy, shape, colour, size)."""
+        from t2i.metrics.networks import decode_cells
+
+        return decode_cells(self._batched(self.evaluator.recognizer, self.images))  # logits (N, 9, 17)
+
     @torch.no_grad()
     def _batched(self, fn: Callable, x: torch.Tensor, bs: int = 256) -> torch.Tensor:
         return torch.cat([fn(x[i : i + bs].to(self.device)).float().cpu() for i in range(0, len(x), bs)])
@@ -266,10 +273,7 @@ def attribute_accuracy(ctx: EvalContext) -> dict:
         raise MetricError(
             f"attribute_accuracy needs a dataset with ground-truth attributes (Shapes); {ctx.dataset!r} has none"
         )
-    logits = ctx._batched(ctx.evaluator.recognizer, ctx.images)  # (N, 9, 17)
-    from t2i.metrics.networks import decode_cells
-
-    return summarize(score_predictions(decode_cells(logits), ctx.attributes))
+    return summarize(score_predictions(ctx.cell_predictions, ctx.attributes))
 
 
 class _Precomputed(torch.nn.Module):
