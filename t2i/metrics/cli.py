@@ -56,7 +56,7 @@ def load_generator(target: str):
 
 def _options(args) -> dict:
     opts = {}
-    for k in ("inception_weights", "clip_model", "kid_subset_size", "diversity_k", "diversity_captions"):
+    for k in ("inception_weights", "clip_model", "kid_subset_size", "diversity_k", "diversity_captions", "split"):
         v = getattr(args, k, None)
         if v is not None:
             opts[k] = v
@@ -76,6 +76,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kid-subset-size", type=int, default=None, help="KID subset size (default 100)")
     p.add_argument("--diversity-k", type=int, default=None, help="images per caption for diversity (default 8)")
     p.add_argument("--diversity-captions", type=int, default=None, help="captions for diversity (default 20)")
+    p.add_argument("--split", default=None, choices=["train", "test"],
+                   help="whose captions: 'test' (default, scenes never trained on) or 'train' (images 0..N-1 of "
+                   "the training split, what the Shapes recipes train on): the gap between them is overfitting",
+                   )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -81,9 +81,10 @@ class EvalContext:
             from t2i.data.shapes import ShapesConfig, make_sample
 
             cfg = ShapesConfig(size=self.resolution, seed=int(self.options.get("dataset_seed", 0)))
+            split = self.options.get("split", "test")
             out = []
             for i in range(start, stop):
-                s = make_sample(cfg, "test", i)
+                s = make_sample(cfg, split, i)
                 out.append((pil_to_tensor(s.image), s.captions, s.attributes))
             return out
         ds = self._path_dataset
@@ -599,9 +600,13 @@ def evaluate(
     """Score `generator` (a T2IPipeline-like callable, or "real") on `dataset`; returns one flat dict of figures.
 
     options: inception_weights, clip_model, kid_subset_size (100), diversity_captions (20), diversity_k (8),
-    batch_size (64), speed_repeats_bs1 (10), speed_repeats_bs16 (3), dataset_seed (0).
+    batch_size (64), speed_repeats_bs1 (10), speed_repeats_bs16 (3), dataset_seed (0), split ("test"; "train"
+    scores captions of training images 0..N-1, to measure the generalisation gap).
     """
     names = metric_names(metrics, dataset, options)
+    split = options.get("split", "test")
+    if str(dataset) in SHAPES_DATASETS and split not in ("train", "test"):
+        raise MetricError(f"split must be 'train' or 'test' for Shapes, got {split!r}")
     if num_samples < 1:
         raise MetricError(f"num_samples must be >= 1, got {num_samples}")
     if device is None:
@@ -622,6 +627,7 @@ def evaluate(
     result: dict = {
         "generator": "real" if ctx.is_real else _generator_name(generator),
         "dataset": str(dataset),
+        "split": split,
         "num_samples": int(num_samples),
         "seed": int(seed),
         "metrics": ",".join(names),

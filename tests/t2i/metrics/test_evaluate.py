@@ -199,3 +199,36 @@ def test_train_evaluator_on_a_dataset_without_attributes(tmp_path):
     assert r["fid_feature"] == "matcher-16" and r["fid"] >= 0
     with pytest.raises(MetricError, match="ground-truth attributes"):
         evaluate("real", str(ds), ["attribute_accuracy"], num_samples=12, evaluator=tmp_path / "ev", progress=False)
+
+
+def test_split_train_scores_the_training_scenes(tiny_evaluator, tmp_path):
+    """--split train: the captions (and FID reference) come from the training split, images 0..N-1, i.e. what the
+    Shapes recipes train on; the default stays the held-out test split, and another split is refused by name."""
+    from t2i.data.shapes import ShapesConfig, make_sample
+    from t2i.metrics.core import EvalContext
+
+    seen = {}
+
+    class Echo:  # records the captions it is asked for and returns blank images
+        resolution = 16
+
+        def __call__(self, captions, num_images_per_caption=1, seed=0, **kw):
+            seen.setdefault("captions", []).extend(captions)
+            return torch.zeros(len(captions) * num_images_per_caption, 3, 16, 16)
+
+    r = evaluate(Echo(), "shapes", ["attribute_accuracy"], num_samples=6, evaluator=tiny_evaluator, progress=False,
+                 split="train")  # fmt: skip
+    assert r["split"] == "train"
+    cfg = ShapesConfig(size=16)
+    for i, cap in enumerate(seen["captions"]):
+        assert cap in make_sample(cfg, "train", i).captions
+    ctx = EvalContext("real", "shapes", 6, 0, tiny_evaluator, "cpu", False, {})
+    assert ctx.captions[0] in make_sample(cfg, "test", 0).captions
+    assert evaluate("real", "shapes", ["attribute_accuracy"], num_samples=6, evaluator=tiny_evaluator,
+                    progress=False)["split"] == "test"  # fmt: skip
+    with pytest.raises(MetricError, match="split must be 'train' or 'test'.*'val'"):
+        evaluate("real", "shapes", ["attribute_accuracy"], num_samples=6, evaluator=tiny_evaluator, split="val")
+    out = tmp_path / "t.json"
+    assert main(["eval", "real", "--split", "train", "--num-samples", "6", "--metrics", "attribute_accuracy",
+                 "--evaluator", str(tiny_evaluator), "--quiet", "--no-log", "--json", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["split"] == "train"
