@@ -144,6 +144,12 @@ class DiffusionFamily(_Base):
         # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or both.
         self.ema = self._make_ema(unet if adapter is None else torch.nn.ModuleDict(self.modules))
         self.phases = [Phase("diffusion", self.step, "unet", 1, list(self.modules))]
+        self.recorder, self._grounding_cache = None, {}
+        if self.cfg.grounding_weight > 0:
+            from t2i.models.diffusion import install_recorder
+
+            # After the EMA copy was made: the EMA (what samples) keeps diffusers' default attention processors.
+            self.recorder = install_recorder(unet)
 
     def _same_autoencoder(self, src, path):
         """A latent UNet only makes sense on the latents it was trained on: the source's vqvae/ must be this
@@ -187,12 +193,33 @@ class DiffusionFamily(_Base):
         from t2i.models.diffusion import diffusion_loss
         from t2i.train import step_generator
 
-        f = self._features(self._dropped(batch, step, self.cfg.caption_dropout))
+        captions = self._dropped(batch, step, self.cfg.caption_dropout)
+        f = self._features(captions)
         x0 = self._x0(batch)
         g = step_generator(self.t.seed, step, self.acc.process_index, 3)
-        loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g, self.p.get("word_adapter"),
-                              self.cfg.min_snr_gamma)  # fmt: skip
-        return {"mse_min_snr" if self.cfg.min_snr_gamma else "mse": loss, "loss": loss}
+        if self.recorder is not None:
+            self.recorder.maps.clear()
+            self.recorder.active = True
+        try:
+            loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g,
+                                  self.p.get("word_adapter"), self.cfg.min_snr_gamma)  # fmt: skip
+        finally:
+            if self.recorder is not None:
+                self.recorder.active = False
+        out = {"mse_min_snr" if self.cfg.min_snr_gamma else "mse": loss}
+        if self.recorder is not None:
+            from t2i.models.diffusion import grounding_loss, grounding_targets
+
+            tok = self.encoder.tokenizer
+            boxes, valid = grounding_targets(tok, captions, batch["attributes"], f.words.shape[1],
+                                             self.encoder.max_length, self._grounding_cache)  # fmt: skip
+            dev = x0.device
+            gl = grounding_loss(self.recorder.maps, boxes.to(dev), valid.to(dev), *x0.shape[-2:])
+            self.recorder.maps.clear()
+            out["grounding"] = gl
+            loss = loss + self.cfg.grounding_weight * gl
+        out["loss"] = loss
+        return out
 
     def after_step(self, step):
         if "word_adapter" not in self.p:

@@ -423,3 +423,49 @@ def export_shapes(
             f.write(json.dumps({"file_name": name, "text": s.captions, "attributes": s.attributes}) + "\n")
     meta_tmp.replace(out / "metadata.jsonl")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grounding: where each object is, and which words of a caption name it (token-level supervision of cross-attention,
+# TokenCompose-style; see t2i.models.diffusion.grounding_loss).
+
+# The head words a caption uses for a shape (every synonym in _SHAPE_WORDS contains one of them).
+_SHAPE_HEADS = {
+    "circle": ("circle", "disc"),
+    "square": ("square", "box"),
+    "triangle": ("triangle", "triangular"),
+    "star": ("star",),
+    "heart": ("heart",),
+    "cross": ("cross", "plus"),
+}
+
+
+def object_box(obj: dict) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in [0, 1] image coordinates that hold the object drawn for `obj` (an attributes entry) at
+    any jitter: its cell centre +- half its diameter + the jitter."""
+    cell = POSITIONS.index(obj["position"])
+    cx, cy = (cell % 3 + 0.5) / 3, (cell // 3 + 0.5) / 3
+    h = _SIZE_FRAC[obj["size"]] / 2 + _JITTER
+    return (max(0.0, cx - h), max(0.0, cy - h), min(1.0, cx + h), min(1.0, cy + h))
+
+
+def object_mentions(caption: str, attributes: dict | None) -> list[list[tuple[int, int]]]:
+    """Per object of `attributes`, the character spans of `caption` that name its colour or its shape.
+
+    A word that could name either object (both red, or both circles) is left out of both: only unambiguous words are
+    grounded. Captions that are not about these attributes (an empty caption for classifier-free guidance, another
+    dataset's) simply yield no spans."""
+    import re
+
+    objs = (attributes or {}).get("objects") or []
+    text = caption.lower()
+    per: list[list[tuple[int, int]]] = []
+    for o in objs:
+        words = list(_COLOR_WORDS.get(o["color"], [o["color"]])) + list(_SHAPE_HEADS.get(o["shape"], (o["shape"],)))
+        pat = r"\b(" + "|".join(re.escape(w) for w in words) + r")\b"
+        per.append([m.span() for m in re.finditer(pat, text)])
+    counts: dict[tuple[int, int], int] = {}
+    for spans in per:
+        for s in spans:
+            counts[s] = counts.get(s, 0) + 1
+    return [[s for s in spans if counts[s] == 1] for spans in per]

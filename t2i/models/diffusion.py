@@ -60,6 +60,11 @@ class DiffusionConfig:
     # each sample's MSE times min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v), which moves weight from the
     # nearly clean timesteps to the noisy ones where the layout is decided; the paper uses gamma 5. 0: plain MSE.
     min_snr_gamma: float = 0.0
+    # Token-level grounding of the cross-attention (TokenCompose, Wang et al. 2024, its token loss): the attention
+    # maps of the words that name an object (colour, shape) are pulled into that object's box, so the UNet has to
+    # bind each word to a place. Needs object boxes from the dataset (Shapes has them); rows without any are skipped.
+    # The loss's weight next to the MSE; 0: off.
+    grounding_weight: float = 0.0
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -74,6 +79,8 @@ class DiffusionConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0 (0 = off), got {self.min_snr_gamma}")
+        if self.grounding_weight < 0:
+            raise ValueError(f"grounding_weight must be >= 0 (0 = off), got {self.grounding_weight}")
 
 
 def build_unet(cfg: DiffusionConfig) -> UNet2DConditionModel:
@@ -205,6 +212,116 @@ def diffusion_loss(
     v = noise_scheduler.config.prediction_type == "v_prediction"
     weight = snr.clamp(max=min_snr_gamma) / (snr + 1 if v else snr)
     return (weight * per).mean()
+
+
+class CrossAttentionRecorder:
+    """An attention processor for the UNet's cross-attention layers (attn2) that also keeps their attention
+    probabilities while `active`: `maps` collects one (B, heads, Q, T) tensor per layer call, Q the layer's h*w.
+
+    The arithmetic is diffusers' plain AttnProcessor (explicit softmax, so the probabilities exist and carry
+    gradients); while not active it records nothing and computes the same output."""
+
+    def __init__(self):
+        self.active = False
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("CrossAttentionRecorder is for transformer cross-attention (3-D hidden states) only")
+        B = hidden_states.shape[0]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.norm_cross and encoder_hidden_states is not None:
+            context = attn.norm_encoder_hidden_states(context)
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], B)
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k, v = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(q, k, attention_mask)  # (B * heads, Q, T)
+        if self.active:
+            self.maps.append(probs.view(B, attn.heads, *probs.shape[1:]))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def install_recorder(unet: UNet2DConditionModel) -> CrossAttentionRecorder:
+    """Put one CrossAttentionRecorder on every cross-attention layer of `unet` (the others keep theirs)."""
+    rec = CrossAttentionRecorder()
+    procs = {k: (rec if k.endswith("attn2.processor") else v) for k, v in unet.attn_processors.items()}
+    if not any(k.endswith("attn2.processor") for k in procs):
+        raise ValueError("this UNet has no cross-attention layers to ground")
+    unet.set_attn_processor(procs)
+    return rec
+
+
+def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(..., 4) boxes (x0, y0, x1, y1) in [0, 1] -> (..., h * w): the share of each cell of an h x w grid that the
+    box covers (area overlap, so a box that does not align with a coarse grid still gives a fair soft mask)."""
+
+    def overlap(lo, hi, n):  # (...,) -> (..., n)
+        edges = torch.arange(n + 1, device=boxes.device, dtype=boxes.dtype) / n
+        a, b = edges[:-1], edges[1:]
+        return ((torch.minimum(hi.unsqueeze(-1), b) - torch.maximum(lo.unsqueeze(-1), a)).clamp(min=0)) * n
+
+    ys = overlap(boxes[..., 1], boxes[..., 3], h)  # (..., h)
+    xs = overlap(boxes[..., 0], boxes[..., 2], w)  # (..., w)
+    return (ys.unsqueeze(-1) * xs.unsqueeze(-2)).flatten(-2)
+
+
+def grounding_loss(maps: list[torch.Tensor], boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int):
+    """TokenCompose's token loss over the recorded cross-attention maps.
+
+    maps: per layer (B, heads, Q, T) attention probabilities, Q = h * w of that layer (its grid keeps the
+    height:width ratio of the height x width input); boxes (B, T, 4): the box of the object token t names;
+    valid (B, T): which tokens are grounded. Per layer and grounded token, the head-averaged map is normalised over
+    the image and L = (1 - its mass inside the box)^2; the result is the mean over layers and grounded tokens
+    (0 when there are none)."""
+    n = valid.sum()
+    if not maps or int(n) == 0:
+        return boxes.new_zeros(())
+    total = boxes.new_zeros(())
+    for p in maps:
+        Q = p.shape[2]
+        h = max(1, round((Q * height / width) ** 0.5))
+        w = Q // h
+        if h * w != Q:
+            raise ValueError(f"cannot lay {Q} attention queries on a grid of ratio {height}:{width}")
+        a = p.float().mean(1).transpose(1, 2)  # (B, T, Q)
+        a = a / a.sum(-1, keepdim=True).clamp(min=1e-12)
+        inside = (a * box_masks(boxes.float(), h, w)).sum(-1)  # (B, T)
+        total = total + ((1 - inside).square() * valid).sum() / n
+    return total / len(maps)
+
+
+def grounding_targets(tokenizer, captions: list[str], attributes: list, T: int, max_length: int, cache=None):
+    """(boxes (B, T, 4), valid (B, T)) for grounding_loss: each token inside a word that names one object (its colour
+    or shape, see t2i.data.shapes.object_mentions) gets that object's box. Tokens are the text encoder's own
+    (same tokenizer, truncation and padding to T), found through the tokenizer's character offsets. `cache`, a dict,
+    keeps each caption's answer (captions repeat every epoch)."""
+    from t2i.data.shapes import object_box, object_mentions
+
+    boxes, valid = torch.zeros(len(captions), T, 4), torch.zeros(len(captions), T, dtype=torch.bool)
+    for b, (cap, attrs) in enumerate(zip(captions, attributes)):
+        key = (cap, repr(attrs))
+        hit = None if cache is None else cache.get(key)
+        if hit is None:
+            hit = []
+            spans = object_mentions(cap, attrs) if cap else []
+            if any(spans):
+                enc = tokenizer(cap, truncation=True, max_length=max_length, return_offsets_mapping=True)
+                for o, obj_spans in enumerate(spans):
+                    box = object_box(attrs["objects"][o])
+                    for t, (lo, hi) in enumerate(enc["offset_mapping"]):
+                        if hi > lo and any(lo < e and hi > s for s, e in obj_spans):
+                            hit.append((t, box))
+            if cache is not None:
+                cache[key] = hit
+        for t, box in hit:
+            if t < T:
+                boxes[b, t] = torch.tensor(box)
+                valid[b, t] = True
+    return boxes, valid
 
 
 class T2IDiffusionPipeline(DiffusionPipeline):
