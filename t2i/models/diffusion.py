@@ -390,10 +390,13 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         text_features=None,
+        negative_captions: list[str] | None = None,
     ) -> torch.Tensor:
         """(len(captions) * k, 3, R, R) images in [-1, 1], caption-major; the same seed gives the same images.
 
-        Steps and guidance default to the values the pipeline was saved with (config default_steps/guidance)."""
+        Steps and guidance default to the values the pipeline was saved with (config default_steps/guidance).
+        negative_captions (one per caption): guidance steers away from these instead of from the empty caption, as
+        diffusers' negative_prompt does."""
         if isinstance(captions, str):
             captions = [captions]
         num_inference_steps = int(num_inference_steps or self.config.default_steps)
@@ -403,15 +406,28 @@ class T2IDiffusionPipeline(DiffusionPipeline):
             text_features = self.text_encoder.encode(list(captions))
         words = text_features.words.repeat_interleave(num_images_per_caption, 0).to(device)
         mask = text_features.mask.repeat_interleave(num_images_per_caption, 0).to(device)
-        null = self.text_encoder.encode([""]).to(device) if guidance_scale != 1.0 else None
+        if negative_captions is not None:
+            if len(negative_captions) != len(captions):
+                raise ValueError(f"{len(negative_captions)} negative captions for {len(captions)} captions: "
+                                 "give one per caption")  # fmt: skip
+            if guidance_scale == 1.0:
+                raise ValueError("negative captions need guidance_scale != 1 (at 1 guidance is off)")
+            neg = self.text_encoder.encode(list(negative_captions), cache=False)
+            null = (neg.words.repeat_interleave(num_images_per_caption, 0).to(device),
+                    neg.mask.repeat_interleave(num_images_per_caption, 0).to(device))  # fmt: skip
+        elif guidance_scale != 1.0:
+            e = self.text_encoder.encode([""]).to(device)
+            null = (e.words.expand(words.shape[0], -1, -1), e.mask.expand(words.shape[0], -1))
+        else:
+            null = None
         generator = torch.Generator("cpu").manual_seed(seed)
         C, R = self.unet.config.in_channels, int(self.unet.config.sample_size)
         noise = randn_tensor((words.shape[0], C, R, R), generator=generator, dtype=self.unet.dtype)
         out = []
         for i in range(0, words.shape[0], batch_size):
             sl = slice(i, i + batch_size)
-            x = self._sample(noise[sl].to(device), words[sl], mask[sl], null, num_inference_steps, guidance_scale,
-                             generator)  # fmt: skip
+            x = self._sample(noise[sl].to(device), words[sl], mask[sl], None if null is None else
+                             (null[0][sl], null[1][sl]), num_inference_steps, guidance_scale, generator)  # fmt: skip
             if self.vqvae is not None:
                 # Undo the scaling; decode() quantizes to the codebook first (force_not_quantize=False), as LDM does.
                 x = self.vqvae.decode(x.to(self.vqvae.dtype) / self.config.latent_scale).sample
@@ -419,15 +435,15 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         return torch.cat(out).clamp(-1, 1).float().cpu()
 
     def _sample(self, x, words, mask, null, steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
-        """The reverse process for one batch: x (B, C, R, R) pure noise -> x0."""
+        """The reverse process for one batch: x (B, C, R, R) pure noise -> x0; null: the (words, mask) guidance
+        steers away from, one row per image (the empty caption's, or negative captions'), or None for no guidance."""
         self.scheduler.set_timesteps(steps, device=x.device)
         x = x * self.scheduler.init_noise_sigma
-        B = x.shape[0]
         if null is not None:
             # Unconditional and conditional halves in one UNet call; pad both to the same token length.
-            T = max(words.shape[1], null.words.shape[1])
+            T = max(words.shape[1], null[0].shape[1])
             cond_w, cond_m = _pad_tokens(words, mask, T)
-            null_w, null_m = _pad_tokens(null.words.expand(B, -1, -1), null.mask.expand(B, -1), T)
+            null_w, null_m = _pad_tokens(null[0], null[1], T)
             ctx, ctx_mask = torch.cat([null_w, cond_w]), torch.cat([null_m, cond_m])
         else:
             ctx, ctx_mask = words, mask

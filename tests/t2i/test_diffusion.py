@@ -39,13 +39,29 @@ def test_sample_shape_range_and_seed(pipe):
 def test_guidance_scale_one_equals_conditional(pipe, text_encoder):
     """CFG with scale 1: uncond + 1 * (cond - uncond) == cond, so the guided path equals the conditional one."""
     f = text_encoder.encode(["a small red circle in the top left corner"])
-    null = text_encoder.encode([""])
+    e = text_encoder.encode([""])
+    null = (e.words, e.mask)
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     guided = pipe._sample(x.clone(), f.words, f.mask, null, steps=4, guidance_scale=1.0)
     cond = pipe._sample(x.clone(), f.words, f.mask, None, steps=4, guidance_scale=1.0)
     assert torch.allclose(guided, cond, atol=1e-5)
     strong = pipe._sample(x.clone(), f.words, f.mask, null, steps=4, guidance_scale=5.0)
     assert not torch.allclose(strong, cond, atol=1e-4)
+
+
+def test_negative_captions_replace_the_empty_caption_in_guidance(pipe):
+    caps = ["a red circle left of a blue star", "a big green heart"]
+    kw = dict(seed=1, num_inference_steps=3, guidance_scale=4.0)
+    plain = pipe(caps, 2, **kw)
+    # The empty caption as every negative is plain classifier-free guidance, image for image.
+    assert torch.allclose(pipe(caps, 2, negative_captions=["", ""], **kw), plain, atol=1e-5)
+    neg = pipe(caps, 2, negative_captions=["a red circle right of a blue star", ""], **kw)
+    assert not torch.allclose(neg[:2], plain[:2], atol=1e-4)  # the first caption's two images move
+    assert torch.allclose(neg[2:], plain[2:], atol=1e-5)  # the second's negative is "": unchanged
+    with pytest.raises(ValueError, match="one per caption"):
+        pipe(caps, negative_captions=["x"], **kw)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        pipe(caps, negative_captions=["x", "y"], seed=1, num_inference_steps=3, guidance_scale=1.0)
 
 
 def test_save_load_round_trip_offline(pipe, tmp_path, text_encoder):
