@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   t2i sample checkpoints/shapes64/stackgan --caption "a small red circle in the top left corner" -n 8 --out grid.png
   t2i sample checkpoints/shapes64/attngan --caption "a blue square left of a green star" --attention-maps --out a.png
   t2i sample runs/shapes_attngan-000 --caption "a large yellow triangle" --caption "a gray heart" --seed 3 --out g.png
+  t2i sample checkpoints/shapes64/diffusion --caption "a red circle left of a blue star" \
+      --negative "a red circle right of a blue star" --out d.png
 """
 
 
@@ -60,7 +62,12 @@ def _cmd_sample(args) -> int:
         raise CliError(f"-n must be >= 1, got {args.n}")
     if args.truncation is not None and args.truncation < 0:
         raise CliError(f"--truncation must be >= 0, got {args.truncation}")
+    if args.negative and len(args.negative) not in (1, len(args.caption)):
+        raise CliError(f"{len(args.negative)} --negative for {len(args.caption)} --caption: give one (for every "
+                       "caption) or one per caption")  # fmt: skip
     pipe = load_pipeline(args.checkpoint)
+    if args.negative and getattr(pipe, "family", None) != "diffusion":
+        raise CliError(f"--negative is for diffusion checkpoints; {args.checkpoint} is {pipe.family!r}")
     if args.truncation is not None:
         if getattr(pipe, "family", None) not in ("stackgan", "attngan"):
             raise CliError(f"--truncation is for GAN checkpoints (StackGAN/AttnGAN); {args.checkpoint} is not one")
@@ -78,6 +85,9 @@ def _cmd_sample(args) -> int:
             p = out.with_name(f"{out.stem}-attention-{i}.png")
             attention_figure(images[i * args.n], last[i * args.n], pipe.tokens(cap), p, cap)
             print(f"attention maps: {p}")
+    elif args.negative:
+        neg = args.negative * len(args.caption) if len(args.negative) == 1 else args.negative
+        images = pipe(args.caption, num_images_per_caption=args.n, seed=args.seed, negative_captions=neg)
     else:
         images = pipe(args.caption, num_images_per_caption=args.n, seed=args.seed)
     save_grid(images, args.n, out)
@@ -106,6 +116,14 @@ def configure_parser(subparsers) -> None:
         default=None,
         metavar="PSI",
         help="GANs: scale the noise by PSI (truncation trick; 1 = as trained, 0 = one image per caption)",
+    )
+    p.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        metavar="CAPTION",
+        help="diffusion: guide away from this caption instead of the empty one (once for every caption, or once "
+        "per --caption, in order)",
     )
     p.add_argument("--device", default=None, help="cpu / cuda (default cpu)")
     p.set_defaults(func=_cmd_sample)

@@ -64,6 +64,31 @@ def test_negative_captions_replace_the_empty_caption_in_guidance(pipe):
         pipe(caps, negative_captions=["x", "y"], seed=1, num_inference_steps=3, guidance_scale=1.0)
 
 
+def test_sample_cli_negative_captions(pipe, tmp_path, text_encoder, capsys):
+    from PIL import Image
+
+    import t2i.pipelines
+    from t2i.cli import main
+
+    t2i.pipelines._ENCODERS[(None, 32, -1)] = text_encoder
+    pipe.save_pretrained(tmp_path / "diff")
+    out = tmp_path / "grid.png"
+    base = ["sample", str(tmp_path / "diff"), "--caption", "a red circle", "--caption", "a blue star", "-n", "2"]
+    assert main(base + ["--negative", "a green heart", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 * 10 + 2, 2 * 10 + 2)
+    assert main(base + ["--negative", "x", "--negative", "y", "--negative", "z", "--out", str(out)]) == 2
+    assert "3 --negative for 2 --caption" in capsys.readouterr().err
+    # Not a diffusion checkpoint: a clear refusal, nothing written.
+    from t2i.models.stackgan import StackGANConfig, StackGANGenerator
+    from t2i.pipelines import export_generator
+
+    cfg = StackGANConfig(resolution=16, stage1_resolution=8, z_dim=4, cond_dim=4, ngf=4, ndf=4, res_blocks=1)
+    stack = export_generator(tmp_path / "stack", "stackgan", StackGANGenerator(cfg).eval(), cfg)
+    other = tmp_path / "other.png"
+    assert main(["sample", str(stack), "--caption", "a gray heart", "--negative", "x", "--out", str(other)]) == 2
+    assert "--negative is for diffusion" in capsys.readouterr().err and not other.exists()
+
+
 def test_save_load_round_trip_offline(pipe, tmp_path, text_encoder):
     before = pipe(["a green heart"], seed=1, num_inference_steps=3)
     pipe.save_pretrained(tmp_path / "diff")
