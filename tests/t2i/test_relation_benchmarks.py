@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import attention_binding, relation_breakdown  # noqa: E402
+from benchmarks import attention_binding, relation_breakdown, relation_flip  # noqa: E402
 
 
 def _need_evaluator():
@@ -72,3 +72,44 @@ def test_bundled_diffusion_binds_its_words_at_low_noise_and_not_in_neutral_scene
         assert 0.0 <= r["inside"] <= 1.0 and 0.0 <= r["binding"] <= 1.0
     # Objects that look like their words are found by their looks; identical squares are not (chance is 0.5).
     assert seen["binding"] > neutral["binding"] + 0.1
+
+
+class CaptionOracle:
+    """Draws each relation_breakdown scene's real image for its caption and, for the relation-flipped caption, that
+    image mirrored along the relation's axis (the picture the flipped caption asks for); `blind` ignores the text
+    and draws the real image for both."""
+
+    def __init__(self, n, blind=False):
+        import torch
+
+        self.by_caption, real = {}, MirroredReal(n).images.flip(-1)
+        for (cap, _, tags), img in zip(relation_breakdown.two_object_captions(n), real):
+            axis = -1 if tags["axis"] == "horizontal" else -2
+            self.by_caption[cap] = img
+            self.by_caption[relation_flip.flip_caption(cap)] = img if blind else torch.flip(img, (axis,))
+
+    def __call__(self, captions, num_images_per_caption=1, seed=0):
+        import torch
+
+        return torch.stack([self.by_caption[c] for c in captions])
+
+
+def test_flip_caption_inverts_exactly_one_relation_word_and_round_trips():
+    caps = [c for c, _, _ in relation_breakdown.two_object_captions(200)]
+    for c in caps:
+        f = relation_flip.flip_caption(c)
+        assert f != c and relation_flip.flip_caption(f) == c
+    assert relation_flip.flip_caption("a red circle higher than a blue star") == "a red circle beneath a blue star"
+    with pytest.raises(ValueError, match="exactly one relation word"):
+        relation_flip.flip_caption("a big red circle at the top")
+
+
+def test_relation_flip_tells_a_model_that_reads_the_relation_from_one_that_ignores_it():
+    _need_evaluator()
+    reads = relation_flip.flip_pairs(CaptionOracle(30), 30)
+    assert reads["pairs"]["both right"] == 1.0 and reads["right"] == reads["right_flipped"] == 1.0
+    assert reads["pixel_l1"] > 0.0 and reads["n_count_right"] == 30 and reads["pairs_count_right"]["both right"] == 1.0
+    blind = relation_flip.flip_pairs(CaptionOracle(30, blind=True), 30)
+    # Same picture for both captions: right as written, reversed when flipped, every time; nothing moves.
+    assert blind["pairs"]["right, flip reversed"] == 1.0 and blind["right_flipped"] == 0.0
+    assert blind["pixel_l1"] == 0.0
