@@ -106,6 +106,18 @@ class DataConfig:
     text_layer: int = -1  # hidden state the word features come from (-1 last; see t2i.text.TextEncoder)
     cache_images: bool = True  # keep decoded images in memory as uint8 (Shapes 10k x 64^2: 120 MB; off for COCO)
     sample_captions: list = field(default_factory=list)  # fixed captions of the sample grid; default: test captions
+    # Shapes only: the share of two-object scenes in the training pool (None: the generator's 0.5). Evaluation
+    # always reads the standard test split, so a run trained on a different mix is scored like every other.
+    two_object_prob: float | None = None
+
+    def shapes_kwargs(self) -> dict:
+        if self.two_object_prob is None:
+            return {}
+        if self.dataset.split(":")[0] != "shapes":
+            raise ValueError(f"data.two_object_prob is for the shapes dataset, not {self.dataset!r}")
+        if not 0.0 <= self.two_object_prob <= 1.0:
+            raise ValueError(f"data.two_object_prob must be in [0, 1], got {self.two_object_prob}")
+        return {"two_object_prob": float(self.two_object_prob)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,7 +186,7 @@ class Batches:
     def __init__(self, cfg: DataConfig, batch_size: int, rank: int, world: int, seed: int):
         from t2i.data.dataset import load_dataset
 
-        self.ds = load_dataset(cfg.dataset, cfg.split, cfg.size, cfg.length, cfg.seed)
+        self.ds = load_dataset(cfg.dataset, cfg.split, cfg.size, cfg.length, cfg.seed, **cfg.shapes_kwargs())
         self.n, self.bs, self.rank, self.world, self.seed = len(self.ds), batch_size, rank, world, seed
         if self.n < batch_size * world:
             raise ValueError(f"dataset has {self.n} images, fewer than one global batch ({batch_size * world})")

@@ -176,7 +176,7 @@ class DiffusionFamily(_Base):
             from t2i.data.dataset import load_dataset
 
             d = self.data_cfg
-            ds = load_dataset(d.dataset, d.split, d.size, min(d.length or 512, 512), d.seed)
+            ds = load_dataset(d.dataset, d.split, d.size, min(d.length or 512, 512), d.seed, **d.shapes_kwargs())
             x = torch.stack([ds[i].image for i in range(min(len(ds), 512))])
             with torch.no_grad():
                 z = torch.cat([self.vq.encode(c.to(self.acc.device)).latents for c in x.split(64)])

@@ -574,3 +574,18 @@ def test_text_layer_travels_from_recipe_to_export_and_damsm_must_match(tmp_path,
         _run("attngan", tmp_path, text_encoder, [f"model.damsm_checkpoint={damsm}"])
     with pytest.raises(ValueError, match="given reads layer -1, the recipe data.text_layer=2"):
         _run("stackgan", tmp_path, text_encoder, ["data.text_layer=2"])
+
+
+def test_data_two_object_prob_sets_the_training_mix_and_is_checked():
+    from t2i.train import Batches, DataConfig, _from_dict
+
+    def share(**kw):
+        ds = Batches(_from_dict(DataConfig, {"size": 16, "length": 200, **kw}, "data"), 4, 0, 1, 0).ds
+        return sum(len(ds[i].attributes["objects"]) == 2 for i in range(len(ds))) / len(ds)
+
+    assert 0.35 < share() < 0.65  # the generator's default, 0.5
+    assert share(two_object_prob=1.0) == 1.0 and share(two_object_prob=0.0) == 0.0
+    with pytest.raises(ValueError, match=r"two_object_prob must be in \[0, 1\]"):
+        share(two_object_prob=1.5)
+    with pytest.raises(ValueError, match="for the shapes dataset"):
+        _from_dict(DataConfig, {"dataset": "/some/cub", "two_object_prob": 0.9}, "data").shapes_kwargs()
