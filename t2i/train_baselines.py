@@ -64,10 +64,14 @@ class _Base:
                 cache[ids[j]] = o
         return torch.stack([cache[i] for i in ids])
 
-    def _init_from(self, module, path, sub: str):
+    def _init_from(self, module, path, sub: str, extra_in: int = 0):
         """Copy the weights of `sub`/ (unet, prior) of an export, bundle or run folder into `module` (fine-tuning, or
         going on from a bundle whose run folder is gone). The architectures must agree: differing config keys are
-        named in the error. The optimizer starts fresh, like the GANs' `train.init_from`."""
+        named in the error. The optimizer starts fresh, like the GANs' `train.init_from`.
+
+        extra_in > 0: `module` is a UNet with that many more input channels (a layout map) than the source; the
+        source's input convolution is kept and the new channels' weights start at zero, so at first it predicts what
+        it did."""
         from safetensors.torch import load_file
 
         from t2i.pipelines import resolve_checkpoint
@@ -80,9 +84,13 @@ class _Base:
         mine = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
         norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
         diff = sorted(k for k in mine if k in theirs and norm(theirs[k]) != norm(mine[k]))
-        if diff:
+        pad = extra_in and diff == ["in_channels"] and theirs["in_channels"] + extra_in == mine["in_channels"]
+        if diff and not pad:
             raise ValueError(f"train.init_from={path}: its {sub} differs from this recipe's in {diff}")
         state = load_file(str(src / "diffusion_pytorch_model.safetensors"))
+        if pad:
+            w = state["conv_in.weight"]
+            state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra_in, *w.shape[2:])], 1)
         module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         return root
 
@@ -107,7 +115,13 @@ class DiffusionFamily(_Base):
     trained = "unet"
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
-        from t2i.models.diffusion import DiffusionConfig, build_noise_scheduler, build_unet, build_word_adapter
+        from t2i.models.diffusion import (
+            DiffusionConfig,
+            build_layout_net,
+            build_noise_scheduler,
+            build_unet,
+            build_word_adapter,
+        )
         from t2i.train import Phase
 
         self.family, self.t = family, tcfg
@@ -121,15 +135,23 @@ class DiffusionFamily(_Base):
             self.frozen = {"vq": self.vq}
             self.cfg.in_channels = self.vq.config.latent_channels
             self.cfg.resolution = latent_side(self.vq)
-        unet, adapter = build_unet(self.cfg), build_word_adapter(self.cfg)
+        unet, adapter, layout = build_unet(self.cfg), build_word_adapter(self.cfg), build_layout_net(self.cfg)
         if tcfg.init_from:
-            src = self._init_from(unet, tcfg.init_from, "unet")
+            from t2i.pipelines import resolve_checkpoint
+
+            if layout is None and (resolve_checkpoint(tcfg.init_from) / "layout_net").is_dir():
+                raise ValueError(f"train.init_from={tcfg.init_from} has a layout net: set model.layout_channels "
+                                 "(and layout_width, layout_layers) to its size")  # fmt: skip
+            src = self._init_from(unet, tcfg.init_from, "unet", extra_in=self.cfg.layout_channels)
             if (src / "word_adapter").is_dir():
                 if adapter is None:
                     raise ValueError(f"train.init_from={tcfg.init_from} has a word adapter: set "
                                      "model.word_adapter_layers to its depth")  # fmt: skip
                 self._init_from(adapter, tcfg.init_from, "word_adapter")
             # else a fresh adapter, which starts as the identity: the source UNet's behaviour is unchanged
+            if (src / "layout_net").is_dir():
+                self._init_from(layout, tcfg.init_from, "layout_net")
+            # else a fresh layout net, whose map enters through zero weights: the source UNet starts unchanged
             if self.vq is not None:
                 self._same_autoencoder(src, tcfg.init_from)
                 if not self.cfg.latent_scale > 0:  # the UNet learnt latents at the source's scale: keep it
@@ -140,9 +162,16 @@ class DiffusionFamily(_Base):
         if adapter is not None:
             self.modules["word_adapter"] = adapter
             params += list(adapter.parameters())
-        self.optimizers = {"unet": torch.optim.AdamW(params, lr=tcfg.lr_g, weight_decay=1e-2)}
-        # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or both.
-        self.ema = self._make_ema(unet if adapter is None else torch.nn.ModuleDict(self.modules))
+        groups = [{"params": params}]
+        if layout is not None:
+            self.modules["layout_net"] = layout
+            # The painting projection learns with the UNet; the predictor (from scratch) at its own rate.
+            groups[0]["params"] += list(layout.proj.parameters())
+            own = [p for n, p in layout.named_parameters() if not n.startswith("proj.")]
+            groups.append({"params": own, "lr": self.cfg.layout_lr})
+        self.optimizers = {"unet": torch.optim.AdamW(groups, lr=tcfg.lr_g, weight_decay=1e-2)}
+        # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or all.
+        self.ema = self._make_ema(unet if len(self.modules) == 1 else torch.nn.ModuleDict(self.modules))
         self.phases = [Phase("diffusion", self.step, "unet", 1, list(self.modules))]
         self.recorder, self._grounding_cache = None, {}
         if self.cfg.grounding_weight > 0:
@@ -197,16 +226,28 @@ class DiffusionFamily(_Base):
         f = self._features(captions)
         x0 = self._x0(batch)
         g = step_generator(self.t.seed, step, self.acc.process_index, 3)
+        layout, out = None, {}
+        if "layout_net" in self.p:
+            from t2i.models.diffusion import grounding_targets
+
+            net = self.p["layout_net"]
+            boxes, valid = grounding_targets(self.encoder.tokenizer, captions, batch["attributes"], f.words.shape[1],
+                                             self.encoder.max_length, self._grounding_cache)  # fmt: skip
+            boxes, valid = boxes.to(x0.device), valid.to(x0.device)
+            layout = net.paint(f.words, boxes, valid.float(), *x0.shape[-2:])  # the true layout, painted
+            out["layout"] = net.loss(f.words, f.mask, boxes, valid)
         if self.recorder is not None:
             self.recorder.maps.clear()
             self.recorder.active = True
         try:
             loss = diffusion_loss(self.p["unet"], self.noise_scheduler, x0, f.words, f.mask, g,
-                                  self.p.get("word_adapter"), self.cfg.min_snr_gamma)  # fmt: skip
+                                  self.p.get("word_adapter"), self.cfg.min_snr_gamma, layout)  # fmt: skip
         finally:
             if self.recorder is not None:
                 self.recorder.active = False
-        out = {"mse_min_snr" if self.cfg.min_snr_gamma else "mse": loss}
+        out["mse_min_snr" if self.cfg.min_snr_gamma else "mse"] = loss
+        if "layout" in out:
+            loss = loss + self.cfg.layout_weight * out["layout"]
         if self.recorder is not None:
             from t2i.models.diffusion import grounding_loss, grounding_targets
 
@@ -222,25 +263,29 @@ class DiffusionFamily(_Base):
         return out
 
     def after_step(self, step):
-        if "word_adapter" not in self.p:
+        if len(self.p) == 1:
             return super().after_step(step)
         self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
 
     def _ema_parts(self):
-        """(unet, word adapter or None) of the EMA."""
+        """(unet, word adapter or None, layout net or None) of the EMA."""
         m = self.ema.module
-        return (m["unet"], m["word_adapter"]) if isinstance(m, torch.nn.ModuleDict) else (m, None)
+        if not isinstance(m, torch.nn.ModuleDict):
+            return m, None, None
+        part = {k: m[k] if k in m else None for k in ("word_adapter", "layout_net")}
+        return m["unet"], part["word_adapter"], part["layout_net"]
 
-    def _pipe(self, unet, adapter=None):
+    def _pipe(self, unet, adapter=None, layout=None):
         from t2i.models.diffusion import build_pipeline
 
         vq = None if self.vq is None else copy.deepcopy(self.vq).to(unet.device, unet.dtype)
         return build_pipeline(self.cfg, self.data_cfg.text_encoder, self.data_cfg.max_length, unet=unet, vqvae=vq,
-                              word_adapter=adapter, text_layer=self.data_cfg.text_layer)  # fmt: skip
+                              word_adapter=adapter, text_layer=self.data_cfg.text_layer,
+                              layout_net=layout)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
-        unet, adapter = (None if m is None else copy.deepcopy(m).to("cpu", dtype) for m in self._ema_parts())
-        pipe = self._pipe(unet, adapter)
+        parts = (None if m is None else copy.deepcopy(m).to("cpu", dtype) for m in self._ema_parts())
+        pipe = self._pipe(*parts)
 
         def write(tmp):
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -249,8 +294,7 @@ class DiffusionFamily(_Base):
         return atomic_dir(path, write)
 
     def pipeline(self):
-        unet, adapter = (None if m is None else copy.deepcopy(m).eval() for m in self._ema_parts())
-        pipe = self._pipe(unet, adapter)
+        pipe = self._pipe(*(None if m is None else copy.deepcopy(m).eval() for m in self._ema_parts()))
         pipe.set_text_encoder(self.encoder)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.acc.device)

@@ -65,6 +65,17 @@ class DiffusionConfig:
     # bind each word to a place. Needs object boxes from the dataset (Shapes has them); rows without any are skipped.
     # The loss's weight next to the MSE; 0: off.
     grounding_weight: float = 0.0
+    # Text -> layout -> image (Hong et al. 2018, Obj-GAN 2019: infer a layout from the caption, then draw it). With
+    # layout_channels > 0 a LayoutNet predicts a box for each word that names an object and the UNet gets, as extra
+    # input channels, each word's projected feature painted over its box. Training paints the dataset's boxes (Shapes
+    # has them; t2i.data.shapes.object_mentions says which words name which object) and trains the predictor on them
+    # beside the MSE (its loss times layout_weight, its own lr layout_lr); sampling paints the predicted boxes. The
+    # unconditional branch of CFG gets an empty layout, as a dropped caption does in training. 0: off.
+    layout_channels: int = 0
+    layout_width: int = 128
+    layout_layers: int = 3
+    layout_weight: float = 1.0
+    layout_lr: float = 1e-3
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -81,12 +92,14 @@ class DiffusionConfig:
             raise ValueError(f"min_snr_gamma must be >= 0 (0 = off), got {self.min_snr_gamma}")
         if self.grounding_weight < 0:
             raise ValueError(f"grounding_weight must be >= 0 (0 = off), got {self.grounding_weight}")
+        if self.layout_channels < 0:
+            raise ValueError(f"layout_channels must be >= 0 (0 = off), got {self.layout_channels}")
 
 
 def build_unet(cfg: DiffusionConfig) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=cfg.resolution,
-        in_channels=cfg.in_channels,
+        in_channels=cfg.in_channels + cfg.layout_channels,  # the layout map goes in beside the noisy input
         out_channels=cfg.in_channels,
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
@@ -149,6 +162,74 @@ class _AdapterBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class LayoutNet(ModelMixin, ConfigMixin):
+    """Caption -> layout, and layout -> the UNet's extra input channels.
+
+    `predict`: a small transformer over the frozen text encoder's word features (projected to `width`, a learned
+    position table, `layers` pre-norm blocks) gives each token the probability that it names an object and that
+    object's box (x0, y0, x1, y1 in [0, 1]). Trained with BCE on the first and L1 on the box of the grounded tokens:
+    L1's optimum is the conditional median, so where a caption allows several layouts ("A left of B": A in column 0
+    or 1) the prediction lands on the likeliest one, not between two cells.
+    `paint`: each token's feature projected to `channels`, times its weight (1 for a grounded token), spread over
+    its box by area overlap with the cells of an h x w grid and summed: (B, channels, h, w).
+    """
+
+    @register_to_config
+    def __init__(self, dim: int = 384, channels: int = 16, width: int = 128, layers: int = 3, heads: int = 4,
+                 positions: int = 64):  # fmt: skip
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"layout net: width {width} is not divisible by heads {heads}")
+        self.inp = nn.Linear(dim, width)
+        # a position table large enough to tell tokens apart from the first step: with BERT's 0.02 a predictor
+        # over order-free word features sits at chance for hundreds of steps before it finds word order
+        self.pos = nn.Parameter(torch.randn(positions, width) * 0.5)
+        self.blocks = nn.ModuleList(_AdapterBlock(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 5)  # grounded logit, then the box's four coordinates (logits)
+        self.proj = nn.Linear(dim, channels)
+
+    def predict(self, words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """words (B, T, D), mask (B, T) -> (grounded logits (B, T), boxes (B, T, 4) in [0, 1], x0 <= x1, y0 <= y1)."""
+        T = words.shape[1]
+        if T > self.pos.shape[0]:
+            raise ValueError(f"layout net: {T} tokens, more than its {self.pos.shape[0]} positions")
+        x = self.inp(words.to(self.inp.weight.dtype)) + self.pos[:T]
+        for b in self.blocks:
+            x = b(x, mask)
+        out = self.head(self.norm(x))
+        c = out[..., 1:].sigmoid()
+        lo, hi = torch.minimum(c[..., :2], c[..., 2:]), torch.maximum(c[..., :2], c[..., 2:])
+        boxes = torch.cat([lo, hi], -1)
+        return out[..., 0].masked_fill(~mask.bool(), -30.0), boxes
+
+    def loss(self, words, mask, boxes, valid) -> torch.Tensor:
+        """BCE of the grounded logit over real tokens + L1 of the box over grounded tokens (0 where none are)."""
+        logit, pred = self.predict(words, mask)
+        m = mask.bool()
+        bce = F.binary_cross_entropy_with_logits(logit[m].float(), valid[m].float())
+        n = valid.sum()
+        l1 = ((pred - boxes).abs().sum(-1) * valid).sum() / n.clamp(min=1) / 4
+        return bce + l1
+
+    def paint(self, words, boxes, weight, h: int, w: int) -> torch.Tensor:
+        """(B, T, D) words, (B, T, 4) boxes, (B, T) weights -> (B, channels, h, w)."""
+        m = box_masks(boxes.float(), h, w) * weight.float().unsqueeze(-1)  # (B, T, h*w)
+        f = self.proj(words.to(self.proj.weight.dtype)).float()  # (B, T, C)
+        return torch.einsum("btq,btc->bcq", m, f).reshape(words.shape[0], -1, h, w).to(self.proj.weight.dtype)
+
+    def layout(self, words, mask, h: int, w: int) -> torch.Tensor:
+        """The painted map of the predicted layout (tokens with grounded probability > 0.5)."""
+        logit, boxes = self.predict(words, mask)
+        return self.paint(words, boxes, (logit > 0).to(boxes.dtype), h, w)
+
+
+def build_layout_net(cfg: DiffusionConfig) -> LayoutNet | None:
+    if cfg.layout_channels <= 0:
+        return None
+    return LayoutNet(cfg.cross_attention_dim, cfg.layout_channels, cfg.layout_width, cfg.layout_layers)
+
+
 def build_word_adapter(cfg: DiffusionConfig) -> WordAdapter | None:
     if cfg.word_adapter_layers <= 0:
         return None
@@ -184,11 +265,13 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     word_adapter: WordAdapter | None = None,
     min_snr_gamma: float = 0.0,
+    layout: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDPM training loss: MSE between the UNet's output and the epsilon (or v) target at a random timestep.
 
     x0 (B, C, H, W) clean images or latents; words (B, T, D) text features; mask (B, T) True on real tokens.
     min_snr_gamma > 0 weights each sample's MSE by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
+    layout (B, L, H, W): extra input channels beside the noisy x_t (a LayoutNet's painted map).
     """
     if word_adapter is not None:
         words = word_adapter(words, mask)
@@ -203,7 +286,8 @@ def diffusion_loss(
         target = noise_scheduler.get_velocity(x0, noise, t)
     else:
         target = noise
-    pred = unet(xt, t, encoder_hidden_states=words, encoder_attention_mask=mask).sample
+    x_in = xt if layout is None else torch.cat([xt, layout.to(xt.dtype)], 1)
+    pred = unet(x_in, t, encoder_hidden_states=words, encoder_attention_mask=mask).sample
     if not min_snr_gamma:
         return F.mse_loss(pred.float(), target.float())
     per = (pred.float() - target.float()).square().flatten(1).mean(1)  # (B,)
@@ -328,7 +412,7 @@ class T2IDiffusionPipeline(DiffusionPipeline):
     """Caption -> images with classifier-free guidance; the sampling loop is written out in __call__."""
 
     model_cpu_offload_seq = "unet->vqvae"
-    _optional_components = ["vqvae", "word_adapter"]
+    _optional_components = ["vqvae", "word_adapter", "layout_net"]
 
     def __init__(
         self,
@@ -342,9 +426,11 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         latent_scale: float = 1.0,
         word_adapter: WordAdapter | None = None,
         text_layer: int = -1,
+        layout_net: LayoutNet | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae, word_adapter=word_adapter)
+        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae, word_adapter=word_adapter,
+                              layout_net=layout_net)  # fmt: skip
         # The frozen text encoder is shared by every family and not saved with the pipeline: only its name is.
         self.register_to_config(text_encoder_name=text_encoder_name, max_length=max_length,
                                 default_steps=default_steps, default_guidance=default_guidance,
@@ -421,22 +507,32 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         else:
             null = None
         generator = torch.Generator("cpu").manual_seed(seed)
-        C, R = self.unet.config.in_channels, int(self.unet.config.sample_size)
+        C, R = self.unet.config.out_channels, int(self.unet.config.sample_size)
         noise = randn_tensor((words.shape[0], C, R, R), generator=generator, dtype=self.unet.dtype)
+        layout = self.predict_layout(words, mask) if self.layout_net is not None else None
         out = []
         for i in range(0, words.shape[0], batch_size):
             sl = slice(i, i + batch_size)
             x = self._sample(noise[sl].to(device), words[sl], mask[sl], None if null is None else
-                             (null[0][sl], null[1][sl]), num_inference_steps, guidance_scale, generator)  # fmt: skip
+                             (null[0][sl], null[1][sl]), num_inference_steps, guidance_scale, generator,
+                             None if layout is None else layout[sl])  # fmt: skip
             if self.vqvae is not None:
                 # Undo the scaling; decode() quantizes to the codebook first (force_not_quantize=False), as LDM does.
                 x = self.vqvae.decode(x.to(self.vqvae.dtype) / self.config.latent_scale).sample
             out.append(x)
         return torch.cat(out).clamp(-1, 1).float().cpu()
 
-    def _sample(self, x, words, mask, null, steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
+    def predict_layout(self, words, mask) -> torch.Tensor:
+        """(B, L, R, R): the layout net's painted map of the layout it infers from the caption."""
+        R = int(self.unet.config.sample_size)
+        lay = self.layout_net.layout(words.to(self.layout_net.dtype), mask, R, R)
+        return lay.to(self.unet.dtype)
+
+    def _sample(self, x, words, mask, null, steps: int, guidance_scale: float, generator=None,
+                layout=None) -> torch.Tensor:  # fmt: skip
         """The reverse process for one batch: x (B, C, R, R) pure noise -> x0; null: the (words, mask) guidance
-        steers away from, one row per image (the empty caption's, or negative captions'), or None for no guidance."""
+        steers away from, one row per image (the empty caption's, or negative captions'), or None for no guidance.
+        layout (B, L, R, R): the conditional branch's extra input channels; the guidance branch gets an empty one."""
         self.scheduler.set_timesteps(steps, device=x.device)
         x = x * self.scheduler.init_noise_sigma
         if null is not None:
@@ -447,6 +543,8 @@ class T2IDiffusionPipeline(DiffusionPipeline):
             ctx, ctx_mask = torch.cat([null_w, cond_w]), torch.cat([null_m, cond_m])
         else:
             ctx, ctx_mask = words, mask
+        if layout is not None and null is not None:
+            layout = torch.cat([torch.zeros_like(layout), layout])
         if self.word_adapter is not None:  # once per batch: the caption side does not depend on the step
             ctx = self.word_adapter(ctx.to(self.word_adapter.dtype), ctx_mask).to(ctx.dtype)
         # Stochastic samplers (DDPM) draw their noise from the seeded generator too.
@@ -454,6 +552,8 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             x_in = torch.cat([x, x]) if null is not None else x
             x_in = self.scheduler.scale_model_input(x_in, t)
+            if layout is not None:
+                x_in = torch.cat([x_in, layout], 1)
             pred = self.unet(x_in, t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
             if null is not None:
                 uncond, cond = pred.chunk(2)
@@ -472,7 +572,7 @@ def _pad_tokens(words: torch.Tensor, mask: torch.Tensor, T: int) -> tuple[torch.
 
 def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, max_length: int = 32, unet=None,
                    vqvae: VQModel | None = None, word_adapter: WordAdapter | None = None,
-                   text_layer: int = -1):  # fmt: skip
+                   text_layer: int = -1, layout_net: LayoutNet | None = None):  # fmt: skip
     """A pipeline over `unet` (default: a fresh one from cfg) and a DDIM sampler over the training noise schedule;
     with `vqvae`, a latent-diffusion pipeline that decodes through it (cfg.latent_scale must then be set)."""
     sched = DDIMScheduler.from_config(build_noise_scheduler(cfg).config)
@@ -480,7 +580,8 @@ def build_pipeline(cfg: DiffusionConfig, text_encoder_name: str | None = None, m
         raise ValueError("latent diffusion needs cfg.latent_scale > 0 (the family measures it from the data)")
     return T2IDiffusionPipeline(unet if unet is not None else build_unet(cfg), sched, text_encoder_name, max_length,
                                 cfg.sample_steps, cfg.guidance_scale, vqvae,
-                                cfg.latent_scale if vqvae is not None else 1.0, word_adapter, text_layer)  # fmt: skip
+                                cfg.latent_scale if vqvae is not None else 1.0, word_adapter, text_layer,
+                                layout_net)  # fmt: skip
 
 
 def config_dict(cfg: DiffusionConfig) -> dict:

@@ -183,3 +183,36 @@ def test_word_adapter_in_front_of_a_trained_unet(tmp_path, text_encoder):
     assert (resumed / "checkpoints/step-000003").is_dir()
     with pytest.raises(ValueError, match="has a word adapter"):
         _run("diffusion", tmp_path, text_encoder, [f"train.init_from={run}"])
+
+
+def test_layout_net_in_front_of_a_trained_unet(tmp_path, text_encoder):
+    """init_from a plain UNet into a recipe with a layout net: the new input channels start at zero weight, so at
+    lr 0 the run samples what the source did; the layout net is trained (its loss logged), exported, reloaded and
+    resumed."""
+    src = _run("diffusion", tmp_path, text_encoder)
+    lay = ["model.layout_channels=4", "model.layout_width=16", "model.layout_layers=1"]
+    run = _run("diffusion", tmp_path, text_encoder, lay + [f"train.init_from={src}", "train.lr_g=0",
+                                                           "model.layout_lr=0"], max_steps=1)  # fmt: skip
+    assert (run / "export/layout_net/config.json").is_file()
+    pipes = [load_pipeline(p) for p in (src, run)]
+    for p in pipes:
+        p.set_text_encoder(text_encoder)
+        p.set_progress_bar_config(disable=True)
+    assert pipes[1].unet.config.in_channels == pipes[0].unet.config.in_channels + 4
+    a, b = (p(["a red circle left of a blue star"], 2, seed=4) for p in pipes)
+    assert torch.allclose(a, b, atol=1e-5)
+    trained = _run("diffusion", tmp_path, text_encoder, lay + [f"train.init_from={run}"], max_steps=2)
+    assert "layout" in (trained / "train.log").read_text()
+    w = _weights(trained / "export/unet")["conv_in.weight"]
+    assert float(w[:, -4:].abs().max()) > 0  # the UNet started to read the map
+    pipe = load_pipeline(trained)
+    pipe.set_text_encoder(text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    again = load_pipeline(trained / "export")
+    again.set_text_encoder(text_encoder)
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    resumed = _run("diffusion", tmp_path, text_encoder, lay, max_steps=3, resume=str(trained))
+    assert (resumed / "checkpoints/step-000003/layout_net.safetensors").is_file()
+    with pytest.raises(ValueError, match="has a layout net"):
+        _run("diffusion", tmp_path, text_encoder, [f"train.init_from={run}"])
