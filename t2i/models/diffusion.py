@@ -477,12 +477,14 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         text_features=None,
         negative_captions: list[str] | None = None,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(len(captions) * k, 3, R, R) images in [-1, 1], caption-major; the same seed gives the same images.
 
         Steps and guidance default to the values the pipeline was saved with (config default_steps/guidance).
         negative_captions (one per caption): guidance steers away from these instead of from the empty caption, as
-        diffusers' negative_prompt does."""
+        diffusers' negative_prompt does. layout (len(captions), L, R, R): a painted map to draw instead of the one
+        the layout net infers (e.g. the true layout, `layout_net.paint`; benchmarks/layout_oracle.py)."""
         if isinstance(captions, str):
             captions = [captions]
         num_inference_steps = int(num_inference_steps or self.config.default_steps)
@@ -509,7 +511,15 @@ class T2IDiffusionPipeline(DiffusionPipeline):
         generator = torch.Generator("cpu").manual_seed(seed)
         C, R = self.unet.config.out_channels, int(self.unet.config.sample_size)
         noise = randn_tensor((words.shape[0], C, R, R), generator=generator, dtype=self.unet.dtype)
-        layout = self.predict_layout(words, mask) if self.layout_net is not None else None
+        if layout is not None:
+            if self.layout_net is None:
+                raise ValueError("layout given, but this pipeline has no layout net (its UNet reads no layout map)")
+            want = (len(captions), self.unet.config.in_channels - C, R, R)
+            if tuple(layout.shape) != want:
+                raise ValueError(f"layout of shape {tuple(layout.shape)}; this pipeline needs {want}")
+            layout = layout.to(device, self.unet.dtype).repeat_interleave(num_images_per_caption, 0)
+        elif self.layout_net is not None:
+            layout = self.predict_layout(words, mask)
         out = []
         for i in range(0, words.shape[0], batch_size):
             sl = slice(i, i + batch_size)

@@ -121,3 +121,30 @@ def test_unet_reads_the_map_and_guidance_gets_an_empty_one():
     lay = torch.ones(2, 2, 8, 8)
     pipe._sample(x, words, mask, (words * 0, mask), 2, 3.0, None, lay)
     assert all(torch.equal(s[:2], torch.zeros(2, 2, 8, 8)) and torch.equal(s[2:], lay) for s in seen)
+
+
+def test_a_given_layout_replaces_the_predicted_one_and_bad_ones_are_refused():
+    from t2i.text import TextFeatures
+
+    cfg = DiffusionConfig(resolution=8, in_channels=3, block_out_channels=(8, 16), norm_num_groups=4,
+                          attention_head_dim=4, cross_attention_dim=6, layout_channels=2, sample_steps=2)  # fmt: skip
+    torch.manual_seed(0)
+    net = LayoutNet(6, 2, 8, 1)
+    pipe = build_pipeline(cfg, unet=build_unet(cfg), layout_net=net)
+    pipe.set_progress_bar_config(disable=True)
+    f = TextFeatures(torch.randn(2, 4, 6), torch.ones(2, 4, dtype=torch.bool), torch.randn(2, 6))
+    kw = dict(text_features=f, guidance_scale=1.0, num_inference_steps=2)
+    own = pipe(["a", "b"], 2, **kw)
+    predicted = pipe.predict_layout(f.words, f.mask)
+    assert torch.allclose(pipe(["a", "b"], 2, layout=predicted, **kw), own)  # one map per caption, repeated
+    same = pipe(["a", "b"], 1, layout=predicted, **kw)
+    assert torch.allclose(same, pipe(["a", "b"], 1, **kw))  # the map it would have inferred: the same images
+    other = pipe(["a", "b"], 1, layout=predicted + 5, **kw)
+    assert not torch.allclose(other, same)  # a different layout draws something else
+    with pytest.raises(ValueError, match=r"layout of shape \(2, 3, 8, 8\); this pipeline needs \(2, 2, 8, 8\)"):
+        pipe(["a", "b"], 1, layout=torch.zeros(2, 3, 8, 8), **kw)
+    plain = build_pipeline(DiffusionConfig(resolution=8, in_channels=3, block_out_channels=(8, 16), norm_num_groups=4,
+                                           attention_head_dim=4, cross_attention_dim=6), unet=None)  # fmt: skip
+    plain.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="no layout net"):
+        plain(["a", "b"], 1, layout=predicted, **kw)

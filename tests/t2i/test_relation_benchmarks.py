@@ -1,4 +1,5 @@
-"""benchmarks/relation_breakdown.py and benchmarks/attention_binding.py: the two-object diagnostics."""
+"""benchmarks/relation_breakdown.py, attention_binding.py, relation_flip.py and layout_oracle.py: the two-object
+diagnostics."""
 
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import attention_binding, relation_breakdown, relation_flip  # noqa: E402
+from benchmarks import attention_binding, layout_oracle, relation_breakdown, relation_flip  # noqa: E402
 
 
 def _need_evaluator():
@@ -113,3 +114,44 @@ def test_relation_flip_tells_a_model_that_reads_the_relation_from_one_that_ignor
     # Same picture for both captions: right as written, reversed when flipped, every time; nothing moves.
     assert blind["pairs"]["right, flip reversed"] == 1.0 and blind["right_flipped"] == 0.0
     assert blind["pixel_l1"] == 0.0
+
+
+def test_layout_oracle_scores_a_perfect_and_a_swapped_layout_net(text_encoder):
+    """A layout net that answers the scenes' true boxes scores 1 everywhere; one that swaps the two objects' boxes
+    still finds every object word but gets no object inside its box and no pair in order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from t2i.models.diffusion import LayoutNet
+
+    items = relation_breakdown.two_object_captions(12)
+    caps, attrs = [c for c, _, _ in items], [a for _, a, _ in items]
+    net = LayoutNet(text_encoder.encode(["a"]).words.shape[-1], 2, 8, 1)
+    unet = SimpleNamespace(config=SimpleNamespace(sample_size=8))
+    pipe = SimpleNamespace(text_encoder=text_encoder, layout_net=net, unet=unet)
+    boxes, valid, lay = layout_oracle.true_layout(pipe, caps, attrs)
+    assert lay.shape == (12, 2, 8, 8) and int(valid.sum()) >= 2 * 12  # words of both objects in every caption
+
+    def answer(swap):
+        def predict(words, mask):
+            b = boxes.clone()
+            if swap:  # each grounded token gets the other object's box
+                for i in range(len(caps)):
+                    toks = valid[i].nonzero().flatten()
+                    uniq = {tuple(boxes[i, t].tolist()) for t in toks}
+                    assert len(uniq) == 2
+                    first, second = (torch.tensor(u) for u in uniq)
+                    for t in toks:
+                        b[i, t] = second if torch.equal(boxes[i, t], first) else first
+            return torch.where(valid, 10.0, -10.0), b
+
+        return predict
+
+    net.predict = answer(False)
+    good = layout_oracle.predictor_scores(pipe, caps, attrs)
+    assert good == {"recall": 1.0, "precision": 1.0, "box_l1": 0.0, "centre_inside": 1.0, "order_right": 1.0}
+    net.predict = answer(True)
+    bad = layout_oracle.predictor_scores(pipe, caps, attrs)
+    assert bad["recall"] == bad["precision"] == 1.0
+    assert bad["centre_inside"] == 0.0 and bad["order_right"] == 0.0 and bad["box_l1"] > 0.05
