@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import write_json  # noqa: E402
-from benchmarks.relation_breakdown import BINS, breakdown, two_object_captions  # noqa: E402
+from benchmarks.relation_breakdown import BINS, breakdown, open_pipeline, scenes  # noqa: E402
 
 
 def true_layout(pipe, captions: list[str], attributes: list[dict]):
@@ -75,31 +75,15 @@ def predictor_scores(pipe, captions: list[str], attributes: list[dict]) -> dict:
     }
 
 
-class _Drawer:
-    """Called like a pipeline by relation_breakdown.breakdown (captions in order, in chunks), drawing each chunk
-    from the given painted layouts."""
-
-    def __init__(self, pipe, layout):
-        self.pipe, self.layout, self.at = pipe, layout, 0
-
-    def __call__(self, captions, k=1, seed=0):
-        lay = self.layout[self.at : self.at + len(captions)]
-        self.at += len(captions)
-        return self.pipe(captions, k, seed=seed, layout=lay)
-
-
 def run(target, num: int = 200, seed: int = 0) -> dict:
-    from t2i.pipelines import load_pipeline
-
-    pipe = load_pipeline(target) if isinstance(target, (str, Path)) else target
+    pipe = open_pipeline(target)
     if getattr(pipe, "layout_net", None) is None:
         raise SystemExit(f"{target}: no layout net in this pipeline (train with model.layout_channels > 0)")
-    pipe.set_progress_bar_config(disable=True)
-    items = two_object_captions(num)
-    caps, attrs = [c for c, _, _ in items], [a for _, a, _ in items]
+    _, _, caps, attrs = scenes(num)
     out = {"predictor": predictor_scores(pipe, caps, attrs)}
     out["predicted layout"] = breakdown(pipe, num, seed)["groups"]["all"]
-    out["true layout"] = breakdown(_Drawer(pipe, true_layout(pipe, caps, attrs)[2]), num, seed)["groups"]["all"]
+    lay = true_layout(pipe, caps, attrs)[2]
+    out["true layout"] = breakdown(pipe, num, seed, layout=lay)["groups"]["all"]
     return out
 
 

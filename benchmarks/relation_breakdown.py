@@ -61,20 +61,59 @@ def classify(pred, attributes: list[dict]) -> list[str]:
     return bins
 
 
-def breakdown(target, num: int = 200, seed: int = 0) -> dict:
+def open_pipeline(target):
+    """A checkpoint path -> its loaded pipeline; anything else (a loaded pipeline, a stand-in) is returned as it is.
+    Progress bars off."""
+    from t2i.pipelines import load_pipeline
+
+    pipe = load_pipeline(target) if isinstance(target, (str, Path)) else target
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def draw(pipe, captions: list[str], seed: int = 0, chunk: int = 50, **kwargs):
+    """One image per caption, in chunks of `chunk` with seed + the chunk's first index, so caption k gets the same
+    noise in every call. kwargs: per-caption lists (negative_captions) or tensors (layout) are sliced with the
+    chunk; anything else goes to every call as it is."""
+    import torch
+
+    def part(v, k):
+        return v[k : k + chunk] if isinstance(v, (list, torch.Tensor)) else v
+
+    return torch.cat([pipe(captions[k : k + chunk], 1, seed=seed + k, **{n: part(v, k) for n, v in kwargs.items()})
+                      for k in range(0, len(captions), chunk)])  # fmt: skip
+
+
+def read(ev, images):
+    """The evaluator's cell predictions for a batch of images (in chunks of 256)."""
+    import torch
+
+    from t2i.metrics.networks import decode_cells
+
+    with torch.no_grad():
+        return decode_cells(torch.cat([ev.recognizer(images[k : k + 256]) for k in range(0, len(images), 256)]))
+
+
+def scenes(num: int):
+    """(evaluator, items of two_object_captions, captions, attributes) at the bundled evaluator's resolution."""
+    from t2i.metrics.networks import load_evaluator
+
+    ev = load_evaluator()
+    items = two_object_captions(num, ev.config.resolution)
+    return ev, items, [c for c, _, _ in items], [a for _, a, _ in items]
+
+
+def breakdown(target, num: int = 200, seed: int = 0, **kwargs) -> dict:
     """target: a checkpoint path, "real", or a loaded pipeline (anything called like one: captions, k, seed=) ->
-    {"groups": {group: {bin: share, "n": count}}, "bins": [...], "captions": [...]}"""
+    {"groups": {group: {bin: share, "n": count}}, "bins": [...], "captions": [...]}. kwargs go to `draw`."""
     import torch
 
     from t2i.data.dataset import pil_to_tensor
     from t2i.data.shapes import ShapesConfig, make_sample
-    from t2i.metrics.networks import decode_cells, load_evaluator
-    from t2i.pipelines import load_pipeline
 
-    ev = load_evaluator()
-    items = two_object_captions(num, ev.config.resolution)
-    caps, attrs = [c for c, _, _ in items], [a for _, a, _ in items]
-    if target == "real":
+    ev, items, caps, attrs = scenes(num)
+    if isinstance(target, str) and target == "real":
         cfg, imgs, i = ShapesConfig(size=ev.config.resolution), [], 0
         while len(imgs) < num:  # the same scenes' real images
             s = make_sample(cfg, "test", i)
@@ -83,13 +122,8 @@ def breakdown(target, num: int = 200, seed: int = 0) -> dict:
                 imgs.append(pil_to_tensor(s.image))
         images = torch.stack(imgs)
     else:
-        pipe = load_pipeline(target) if isinstance(target, (str, Path)) else target
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
-        images = torch.cat([pipe(caps[k : k + 50], 1, seed=seed + k) for k in range(0, num, 50)])
-    with torch.no_grad():
-        pred = decode_cells(torch.cat([ev.recognizer(images[k : k + 256]) for k in range(0, num, 256)]))
-    bins = classify(pred, attrs)
+        images = draw(open_pipeline(target), caps, seed, **kwargs)
+    bins = classify(read(ev, images), attrs)
     groups: dict[str, list[str]] = {"all": bins}
     for (_, _, tags), b in zip(items, bins):
         groups.setdefault(f"first named: {tags['first']}", []).append(b)

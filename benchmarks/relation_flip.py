@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import write_json  # noqa: E402
-from benchmarks.relation_breakdown import _INVERSE, classify, two_object_captions  # noqa: E402
+from benchmarks.relation_breakdown import _INVERSE, classify, draw, open_pipeline, read, scenes  # noqa: E402
 
 # Every relation phrase of the Shapes captions and the phrase of the inverse relation it becomes.
 _FLIP_WORDS = {"left": "right", "right": "left", "above": "below", "below": "above", "over": "under",
@@ -44,29 +44,12 @@ def flip_pairs(target, num: int = 200, seed: int = 0) -> dict:
     shares among the pairs whose two images both have two objects ("n_count_right" of them), "right": share for the
     captions as written, "right_flipped": for the flipped ones, "pixel_l1": mean |image - flipped image| in [0, 1]
     units, "n": captions}"""
-    import torch
-
-    from t2i.metrics.networks import decode_cells, load_evaluator
-    from t2i.pipelines import load_pipeline
-
-    ev = load_evaluator()
-    items = two_object_captions(num, ev.config.resolution)
-    caps = [c for c, _, _ in items]
-    attrs = [a for _, a, _ in items]
+    ev, _, caps, attrs = scenes(num)
     flipped = [flip_caption(c) for c in caps]
     attrs_f = [{**a, "relation": _INVERSE[a["relation"]]} for a in attrs]
-    pipe = load_pipeline(target) if isinstance(target, (str, Path)) else target
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-
-    def draw(texts):  # the same chunks and seeds for both lists: caption k gets the same noise in both
-        return torch.cat([pipe(texts[k : k + 50], 1, seed=seed + k) for k in range(0, num, 50)])
-
-    a, b = draw(caps), draw(flipped)
-    with torch.no_grad():
-        pa = decode_cells(ev.recognizer(a))
-        pb = decode_cells(ev.recognizer(b))
-    ba, bb = classify(pa, attrs), classify(pb, attrs_f)
+    pipe = open_pipeline(target)
+    a, b = draw(pipe, caps, seed), draw(pipe, flipped, seed)  # caption k gets the same noise in both
+    ba, bb = classify(read(ev, a), attrs), classify(read(ev, b), attrs_f)
     pairs, counted = dict.fromkeys(PAIRS, 0), dict.fromkeys(PAIRS, 0)
     for x, y in zip(ba, bb):
         key = {("right", "right"): "both right", ("right", "reversed"): "right, flip reversed",
@@ -86,25 +69,13 @@ def negative_flip(target, num: int = 200, seed: int = 0, guidance: float | None 
     each caption's relation-flipped twin as the negative caption (guidance away from the other arrangement instead
     of from the empty caption), same noise. If the flip moves the layout the right way, the model's conditional
     knows the relation and the sampler can use it; this is a diagnostic, not how `t2i eval` samples."""
-    import torch
-
-    from t2i.metrics.networks import decode_cells, load_evaluator
-    from t2i.pipelines import load_pipeline
-
-    ev = load_evaluator()
-    items = two_object_captions(num, ev.config.resolution)
-    caps, attrs = [c for c, _, _ in items], [a for _, a, _ in items]
-    pipe = load_pipeline(target) if isinstance(target, (str, Path)) else target
+    ev, _, caps, attrs = scenes(num)
+    pipe = open_pipeline(target)
     if getattr(pipe, "family", None) != "diffusion":
         raise SystemExit(f"{target}: negative captions need a diffusion pipeline")
-    pipe.set_progress_bar_config(disable=True)
     out = {}
     for name, neg in (("plain", None), ("negative = flipped caption", [flip_caption(c) for c in caps])):
-        imgs = torch.cat([pipe(caps[k : k + 50], 1, seed=seed + k, guidance_scale=guidance,
-                               negative_captions=None if neg is None else neg[k : k + 50])
-                          for k in range(0, num, 50)])  # fmt: skip
-        with torch.no_grad():
-            bins = classify(decode_cells(ev.recognizer(imgs)), attrs)
+        bins = classify(read(ev, draw(pipe, caps, seed, guidance_scale=guidance, negative_captions=neg)), attrs)
         out[name] = {b: bins.count(b) / num for b in ("right", "reversed", "neither", "count")}
     return out
 
