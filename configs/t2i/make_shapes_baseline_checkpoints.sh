@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Rebuild the bundled baselines checkpoints/shapes64/{vqgan,diffusion} (#5): train the VQGAN autoencoder (stage 1),
-# then the text-conditioned code prior (stage 2) and the latent diffusion model on that autoencoder's latents, and
-# copy the exports into checkpoints/. `make baseline-checkpoints` runs this.
+# Rebuild the bundled baselines checkpoints/shapes64/{vqgan,diffusion,diffusion_layout} (#5): train the VQGAN
+# autoencoder (stage 1), then the text-conditioned code prior (stage 2) and the latent diffusion model on that
+# autoencoder's latents, then the diffusion model's layout-stage fine-tune, and copy the exports into checkpoints/.
+# `make baseline-checkpoints` runs this.
 # Budgets (optimizer steps) default to what the bundled weights got on the 2-core CPU (docs/RESULTS.md); the recipes'
 # own max_steps are what a GPU or a night of CPU should use:
-#   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
+#   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 LAYOUT_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
 # The prior and the diffusion model are independent once stage 1 exists: PARALLEL=1 runs them side by side.
 # The bundled prior then had two more legs on an H100 at batch 128 (+427k images; benchmarks/gpu_session.sh with
 # JOBS=vq_prior, see checkpoints/shapes64/vqgan/README.md): this script reproduces the CPU part.
@@ -50,3 +51,13 @@ PYTHON=${PYTHON:-.venv/bin/python}
 $PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion" --set-default
 $PYTHON benchmarks/guidance_sweep.py "$OUT/vqgan" --scales 1 1.5 2 3 5 --metrics attribute_accuracy \
   --out "$LOGS/guidance_vqgan" --set-default
+# Text -> layout -> image: the diffusion bundle fine-tuned with a layout stage in front (configs/t2i/
+# shapes_diffusion_layout.yaml; it trains on the scenes' boxes, supervision the other families do not get), bundled
+# beside it as diffusion_layout; its guidance picked on the validation scenes like the others'.
+$T2I train configs/t2i/shapes_diffusion_layout.yaml "model.autoencoder=$AE" "train.init_from=$OUT/diffusion" \
+  --max-steps "${LAYOUT_STEPS:-10000}" --no-progress > "$LOGS/diffusion_layout.out"
+rm -rf "${OUT:?}/diffusion_layout"
+cp -r "$(run_of "$LOGS/diffusion_layout.out")/export" "$OUT/diffusion_layout"
+du -sh "$OUT/diffusion_layout"
+$PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion_layout" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion_layout" \
+  --set-default

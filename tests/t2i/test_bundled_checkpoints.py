@@ -49,7 +49,7 @@ def _tree_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("name", ["vqgan", "diffusion"])
+@pytest.mark.parametrize("name", ["vqgan", "diffusion", "diffusion_layout"])
 def test_bundled_baseline_is_small_safetensors_and_samples_deterministically(name, text_encoder):
     folder = ROOT / name
     assert folder.is_dir(), f"{folder} is missing (make baseline-checkpoints)"
@@ -58,12 +58,14 @@ def test_bundled_baseline_is_small_safetensors_and_samples_deterministically(nam
     assert (folder / "README.md").is_file()
     pipe = load_pipeline(folder)
     pipe.set_text_encoder(text_encoder)
-    if name == "diffusion":
+    family = name.split("_")[0]
+    if family == "diffusion":
         pipe.set_progress_bar_config(disable=True)
         assert pipe.vqvae is not None  # latent diffusion: decodes through the bundled autoencoder
-    assert pipe.family == name and pipe.resolution == 64
+        assert (pipe.layout_net is not None) == (name == "diffusion_layout")
+    assert pipe.family == family and pipe.resolution == 64
     caps = ["a large red circle in the center"]
-    kw = {"num_inference_steps": 4} if name == "diffusion" else {}
+    kw = {"num_inference_steps": 4} if family == "diffusion" else {}
     a = pipe(caps, 2, seed=0, **kw)
     assert a.shape == (2, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, pipe(caps, 2, seed=0, **kw)) and not torch.equal(a, pipe(caps, 2, seed=1, **kw))
