@@ -155,3 +155,34 @@ def test_layout_oracle_scores_a_perfect_and_a_swapped_layout_net(text_encoder):
     bad = layout_oracle.predictor_scores(pipe, caps, attrs)
     assert bad["recall"] == bad["precision"] == 1.0
     assert bad["centre_inside"] == 0.0 and bad["order_right"] == 0.0 and bad["box_l1"] > 0.05
+
+
+class Replay:
+    """A 'generator' that hands back the given images in order, whatever the captions."""
+
+    def __init__(self, images):
+        self.images, self.done = images, 0
+
+    def __call__(self, captions, num_images_per_caption=1, seed=0):
+        x = self.images[self.done : self.done + len(captions)]
+        self.done += len(captions)
+        return x
+
+
+def test_layout_fid_is_zero_for_the_scenes_themselves_and_high_for_their_mirror_images():
+    _need_evaluator()
+    import torch
+
+    from benchmarks import layout_fid
+
+    scenes = layout_fid.paired_scenes(24)
+    assert [len(scenes[n][0]) for n in (1, 2)] == [24, 24]
+    assert all(len(a["objects"]) == n for n in (1, 2) for a in scenes[n][1])
+    real = torch.cat([scenes[1][2], scenes[2][2]])  # run() draws the one-object scenes first
+    same = layout_fid.run([Replay(real)], 24)
+    mirrored = layout_fid.run([Replay(real.flip(-1))], 24)
+    for g in ("1 object", "2 objects"):
+        (name,) = [k for k in same[g] if not k.startswith("real")]
+        assert same[g][name] < 1e-6  # the scenes' own images: identical statistics
+        (name,) = [k for k in mirrored[g] if not k.startswith("real")]
+        assert mirrored[g][name] > 50  # mirrored: objects on the wrong side (24 scenes: ~230 here)
