@@ -1,5 +1,5 @@
-"""benchmarks/relation_breakdown.py, attention_binding.py, relation_flip.py and layout_oracle.py: the two-object
-diagnostics."""
+"""benchmarks/relation_breakdown.py, attention_binding.py, relation_flip.py, layout_oracle.py and layout_fid.py: the
+two-object diagnostics."""
 
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import attention_binding, layout_oracle, relation_breakdown, relation_flip  # noqa: E402
+from benchmarks import attention_binding, layout_fid, layout_oracle, relation_breakdown, relation_flip  # noqa: E402
 
 
 def _need_evaluator():
@@ -19,27 +19,23 @@ def _need_evaluator():
         pytest.skip("bundled evaluator not present")
 
 
-class MirroredReal:
-    """A 'generator' that draws every two-object test scene of relation_breakdown mirrored left-right."""
+class Replay:
+    """A 'generator' that hands back the given images in order, whatever the captions."""
 
-    def __init__(self, n):
-        import torch
-
-        from t2i.data.dataset import pil_to_tensor
-        from t2i.data.shapes import ShapesConfig, make_sample
-
-        cfg, imgs, i = ShapesConfig(size=64), [], 0
-        while len(imgs) < n:
-            s = make_sample(cfg, "test", i)
-            i += 1
-            if len(s.attributes["objects"]) == 2:
-                imgs.append(pil_to_tensor(s.image))
-        self.images, self.done = torch.stack(imgs).flip(-1), 0
+    def __init__(self, images):
+        self.images, self.done = images, 0
 
     def __call__(self, captions, num_images_per_caption=1, seed=0):
         x = self.images[self.done : self.done + len(captions)]
         self.done += len(captions)
         return x
+
+
+class MirroredReal(Replay):
+    """A 'generator' that draws every two-object test scene of relation_breakdown mirrored left-right."""
+
+    def __init__(self, n):
+        super().__init__(layout_fid.paired_scenes(n)[2][2].flip(-1))
 
 
 def test_real_scenes_are_right_and_mirrored_ones_reversed_only_on_the_horizontal_axis():
@@ -157,23 +153,9 @@ def test_layout_oracle_scores_a_perfect_and_a_swapped_layout_net(text_encoder):
     assert bad["centre_inside"] == 0.0 and bad["order_right"] == 0.0 and bad["box_l1"] > 0.05
 
 
-class Replay:
-    """A 'generator' that hands back the given images in order, whatever the captions."""
-
-    def __init__(self, images):
-        self.images, self.done = images, 0
-
-    def __call__(self, captions, num_images_per_caption=1, seed=0):
-        x = self.images[self.done : self.done + len(captions)]
-        self.done += len(captions)
-        return x
-
-
 def test_layout_fid_is_zero_for_the_scenes_themselves_and_high_for_their_mirror_images():
     _need_evaluator()
     import torch
-
-    from benchmarks import layout_fid
 
     scenes = layout_fid.paired_scenes(24)
     assert [len(scenes[n][0]) for n in (1, 2)] == [24, 24]
