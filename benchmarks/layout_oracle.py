@@ -34,7 +34,7 @@ def true_layout(pipe, captions: list[str], attributes: list[dict]):
     R = int(pipe.unet.config.sample_size)
     net = pipe.layout_net
     with torch.no_grad():
-        lay = net.paint(f.words.to(net.dtype), boxes.to(net.dtype), valid.to(net.dtype), R, R)
+        lay = net.paint(f.words.to(net.dtype), boxes.to(net.dtype), valid.to(net.dtype), R, R, mask=f.mask)
     return boxes, valid, lay
 
 

@@ -84,6 +84,9 @@ class _Base:
         mine = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
         norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
         diff = sorted(k for k in mine if k in theirs and norm(theirs[k]) != norm(mine[k]))
+        # switches that only add zero-initialised parameters (LayoutNet.contextual): off in the source, on here
+        grown = getattr(module, "grows_with", ())
+        diff = [k for k in diff if not (k in grown and not theirs[k] and mine[k])]
         pad = extra_in and diff == ["in_channels"] and theirs["in_channels"] + extra_in == mine["in_channels"]
         if diff and not pad:
             raise ValueError(f"train.init_from={path}: its {sub} differs from this recipe's in {diff}")
@@ -91,7 +94,14 @@ class _Base:
         if pad:
             w = state["conv_in.weight"]
             state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra_in, *w.shape[2:])], 1)
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        # A module may name parameters that start as a no-op (zeros): a source from before they existed lacks them.
+        fresh = tuple(getattr(module, "new_parameters", ()))
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(fresh)] if fresh else missing
+        if missing or unexpected:
+            raise ValueError(f"train.init_from={path}: its {sub} weights do not fit this recipe's (missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]})")  # fmt: skip
         return root
 
     def after_step(self, step):
@@ -166,8 +176,9 @@ class DiffusionFamily(_Base):
         if layout is not None:
             self.modules["layout_net"] = layout
             # The painting projection learns with the UNet; the predictor (from scratch) at its own rate.
-            groups[0]["params"] += list(layout.proj.parameters())
-            own = [p for n, p in layout.named_parameters() if not n.startswith("proj.")]
+            painting = ("proj.", "hproj.")
+            groups[0]["params"] += [p for n, p in layout.named_parameters() if n.startswith(painting)]
+            own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
             groups.append({"params": own, "lr": self.cfg.layout_lr})
         self.optimizers = {"unet": torch.optim.AdamW(groups, lr=tcfg.lr_g, weight_decay=1e-2)}
         # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or all.
@@ -234,8 +245,12 @@ class DiffusionFamily(_Base):
             boxes, valid = grounding_targets(self.encoder.tokenizer, captions, batch["attributes"], f.words.shape[1],
                                              self.encoder.max_length, self._grounding_cache)  # fmt: skip
             boxes, valid = boxes.to(x0.device), valid.to(x0.device)
-            layout = net.paint(f.words, boxes, valid.float(), *x0.shape[-2:])  # the true layout, painted
-            out["layout"] = net.loss(f.words, f.mask, boxes, valid)
+            logit, pred, state = net.predict_with_state(f.words, f.mask)
+            # the true layout, painted (with the predictor's state at each word when the net is contextual)
+            layout = net.paint(f.words, boxes, valid.float(), *x0.shape[-2:], state=state)
+            out["layout"] = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
+            if self.cfg.layout_text_dropout > 0:
+                f = self._map_only(f, captions, step)
         if self.recorder is not None:
             self.recorder.maps.clear()
             self.recorder.active = True
@@ -261,6 +276,24 @@ class DiffusionFamily(_Base):
             loss = loss + self.cfg.grounding_weight * gl
         out["loss"] = loss
         return out
+
+    def _map_only(self, f, captions, step):
+        """f with the cross-attention features of a layout_text_dropout share of the captioned rows replaced by the
+        empty caption's (their layout map, already painted, keeps the caption's objects)."""
+        from t2i.train import step_generator
+
+        g = step_generator(self.t.seed, step, self.acc.process_index, 11)
+        rows = (torch.rand(len(captions), generator=g) < self.cfg.layout_text_dropout).tolist()
+        rows = [i for i, (r, c) in enumerate(zip(rows, captions)) if r and c]
+        if not rows:
+            return f
+        null = self._features([""])
+        n = null.words.shape[1]
+        words, mask, sentence = f.words.clone(), f.mask.clone(), f.sentence.clone()
+        words[rows], mask[rows] = 0, False
+        words[rows, :n], mask[rows, :n] = null.words[0].to(words.dtype), null.mask[0]
+        sentence[rows] = null.sentence[0].to(sentence.dtype)
+        return dataclasses.replace(f, words=words, mask=mask, sentence=sentence)
 
     def after_step(self, step):
         if len(self.p) == 1:

@@ -76,6 +76,15 @@ class DiffusionConfig:
     layout_layers: int = 3
     layout_weight: float = 1.0
     layout_lr: float = 1e-3
+    # Paint, beside each word's own feature, the LayoutNet's contextual state at that word (a zero-initialised
+    # projection, so a run fine-tuned from a bundle without it starts unchanged). A word feature of "red" is the same
+    # whichever object it colours; the predictor's state has read the whole caption and can carry the object's full
+    # identity into its box, which is what binds colour and shape to a place.
+    layout_contextual: bool = False
+    # The share of captioned training samples whose cross-attention reads the empty caption while the map keeps the
+    # caption's layout: the UNet then has to draw the objects from the map alone, so it learns to trust the map over
+    # the unplaced words (cross-attention binds words to places at chance). 0: off.
+    layout_text_dropout: float = 0.0
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -94,6 +103,10 @@ class DiffusionConfig:
             raise ValueError(f"grounding_weight must be >= 0 (0 = off), got {self.grounding_weight}")
         if self.layout_channels < 0:
             raise ValueError(f"layout_channels must be >= 0 (0 = off), got {self.layout_channels}")
+        if not 0.0 <= self.layout_text_dropout < 1.0:
+            raise ValueError(f"layout_text_dropout must be in [0, 1), got {self.layout_text_dropout}")
+        if (self.layout_contextual or self.layout_text_dropout) and self.layout_channels <= 0:
+            raise ValueError("layout_contextual / layout_text_dropout need the layout stage (layout_channels > 0)")
 
 
 def build_unet(cfg: DiffusionConfig) -> UNet2DConditionModel:
@@ -171,12 +184,17 @@ class LayoutNet(ModelMixin, ConfigMixin):
     L1's optimum is the conditional median, so where a caption allows several layouts ("A left of B": A in column 0
     or 1) the prediction lands on the likeliest one, not between two cells.
     `paint`: each token's feature projected to `channels`, times its weight (1 for a grounded token), spread over
-    its box by area overlap with the cells of an h x w grid and summed: (B, channels, h, w).
+    its box by area overlap with the cells of an h x w grid and summed: (B, channels, h, w). With `contextual`,
+    the predictor's hidden state at the token, through its own projection (zero at first), is added to the feature.
     """
+
+    # parameters a checkpoint from before they existed may lack (zero-initialised: they start as a no-op)
+    new_parameters = ("hproj.",)
+    grows_with = ("contextual",)  # the config switch that adds them
 
     @register_to_config
     def __init__(self, dim: int = 384, channels: int = 16, width: int = 128, layers: int = 3, heads: int = 4,
-                 positions: int = 64):  # fmt: skip
+                 positions: int = 64, contextual: bool = False):  # fmt: skip
         super().__init__()
         if width % heads:
             raise ValueError(f"layout net: width {width} is not divisible by heads {heads}")
@@ -188,46 +206,65 @@ class LayoutNet(ModelMixin, ConfigMixin):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 5)  # grounded logit, then the box's four coordinates (logits)
         self.proj = nn.Linear(dim, channels)
+        self.hproj = None
+        if contextual:
+            self.hproj = nn.Linear(width, channels)
+            nn.init.zeros_(self.hproj.weight)
+            nn.init.zeros_(self.hproj.bias)
 
     def predict(self, words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """words (B, T, D), mask (B, T) -> (grounded logits (B, T), boxes (B, T, 4) in [0, 1], x0 <= x1, y0 <= y1)."""
+        return self.predict_with_state(words, mask)[:2]
+
+    def predict_with_state(self, words, mask):
+        """`predict`'s (logits, boxes) and the hidden state they were read from, (B, T, width)."""
         T = words.shape[1]
         if T > self.pos.shape[0]:
             raise ValueError(f"layout net: {T} tokens, more than its {self.pos.shape[0]} positions")
         x = self.inp(words.to(self.inp.weight.dtype)) + self.pos[:T]
         for b in self.blocks:
             x = b(x, mask)
-        out = self.head(self.norm(x))
+        h = self.norm(x)
+        out = self.head(h)
         c = out[..., 1:].sigmoid()
         lo, hi = torch.minimum(c[..., :2], c[..., 2:]), torch.maximum(c[..., :2], c[..., 2:])
         boxes = torch.cat([lo, hi], -1)
-        return out[..., 0].masked_fill(~mask.bool(), -30.0), boxes
+        return out[..., 0].masked_fill(~mask.bool(), -30.0), boxes, h
 
-    def loss(self, words, mask, boxes, valid) -> torch.Tensor:
-        """BCE of the grounded logit over real tokens + L1 of the box over grounded tokens (0 where none are)."""
-        logit, pred = self.predict(words, mask)
+    def loss(self, words, mask, boxes, valid, predicted=None) -> torch.Tensor:
+        """BCE of the grounded logit over real tokens + L1 of the box over grounded tokens (0 where none are).
+        predicted: `predict`'s (logits, boxes) when the caller has them already."""
+        logit, pred = predicted if predicted is not None else self.predict(words, mask)
         m = mask.bool()
         bce = F.binary_cross_entropy_with_logits(logit[m].float(), valid[m].float())
         n = valid.sum()
         l1 = ((pred - boxes).abs().sum(-1) * valid).sum() / n.clamp(min=1) / 4
         return bce + l1
 
-    def paint(self, words, boxes, weight, h: int, w: int) -> torch.Tensor:
-        """(B, T, D) words, (B, T, 4) boxes, (B, T) weights -> (B, channels, h, w)."""
+    def paint(self, words, boxes, weight, h: int, w: int, state=None, mask=None) -> torch.Tensor:
+        """(B, T, D) words, (B, T, 4) boxes, (B, T) weights -> (B, channels, h, w). A contextual net adds the
+        predictor's hidden state (B, T, width) through its projection: `state`, or computed from words and `mask`."""
         m = box_masks(boxes.float(), h, w) * weight.float().unsqueeze(-1)  # (B, T, h*w)
         f = self.proj(words.to(self.proj.weight.dtype)).float()  # (B, T, C)
+        if self.hproj is not None:
+            if state is None:
+                if mask is None:
+                    raise ValueError("a contextual layout net paints its hidden state: pass state= or mask=")
+                state = self.predict_with_state(words, mask)[2]
+            f = f + self.hproj(state.to(self.hproj.weight.dtype)).float()
         return torch.einsum("btq,btc->bcq", m, f).reshape(words.shape[0], -1, h, w).to(self.proj.weight.dtype)
 
     def layout(self, words, mask, h: int, w: int) -> torch.Tensor:
         """The painted map of the predicted layout (tokens with grounded probability > 0.5)."""
-        logit, boxes = self.predict(words, mask)
-        return self.paint(words, boxes, (logit > 0).to(boxes.dtype), h, w)
+        logit, boxes, state = self.predict_with_state(words, mask)
+        return self.paint(words, boxes, (logit > 0).to(boxes.dtype), h, w, state)
 
 
 def build_layout_net(cfg: DiffusionConfig) -> LayoutNet | None:
     if cfg.layout_channels <= 0:
         return None
-    return LayoutNet(cfg.cross_attention_dim, cfg.layout_channels, cfg.layout_width, cfg.layout_layers)
+    return LayoutNet(cfg.cross_attention_dim, cfg.layout_channels, cfg.layout_width, cfg.layout_layers,
+                     contextual=cfg.layout_contextual)  # fmt: skip
 
 
 def build_word_adapter(cfg: DiffusionConfig) -> WordAdapter | None:

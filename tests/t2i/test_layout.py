@@ -148,3 +148,61 @@ def test_a_given_layout_replaces_the_predicted_one_and_bad_ones_are_refused():
     plain.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="no layout net"):
         plain(["a", "b"], 1, layout=predicted, **kw)
+
+
+def test_a_contextual_net_paints_its_state_through_a_projection_that_starts_at_zero():
+    torch.manual_seed(0)
+    plain = LayoutNet(dim=6, channels=3, width=8, layers=1)
+    ctx = LayoutNet(dim=6, channels=3, width=8, layers=1, contextual=True)
+    ctx.load_state_dict(plain.state_dict(), strict=False)  # what init_from does with a bundle from before hproj
+    words, mask = torch.randn(2, 4, 6), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    boxes, weight = torch.rand(2, 4, 4).sort(-1).values, torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 1]])
+    assert torch.allclose(ctx.paint(words, boxes, weight, 4, 4, mask=mask), plain.paint(words, boxes, weight, 4, 4))
+    assert torch.allclose(ctx.layout(words, mask, 4, 4), plain.layout(words, mask, 4, 4))
+    torch.nn.init.normal_(ctx.hproj.weight)
+    _, _, state = ctx.predict_with_state(words, mask)
+    # the naive reference: paint the sum of the two projections as if it were one word feature
+    ref = LayoutNet(dim=6 + 8, channels=3, width=8, layers=1)
+    with torch.no_grad():
+        ref.proj.weight.copy_(torch.cat([ctx.proj.weight, ctx.hproj.weight], 1))
+        ref.proj.bias.copy_(ctx.proj.bias + ctx.hproj.bias)
+    want = ref.paint(torch.cat([words, state], -1), boxes, weight, 4, 4)
+    assert torch.allclose(ctx.paint(words, boxes, weight, 4, 4, state=state), want, atol=1e-5)
+    assert torch.allclose(ctx.paint(words, boxes, weight, 4, 4, mask=mask), want, atol=1e-5)
+    assert not torch.allclose(want, plain.paint(words, boxes, weight, 4, 4))
+    with pytest.raises(ValueError, match="paints its hidden state"):
+        ctx.paint(words, boxes, weight, 4, 4)
+
+
+def test_layout_options_are_checked():
+    with pytest.raises(ValueError, match="need the layout stage"):
+        DiffusionConfig(layout_contextual=True)
+    with pytest.raises(ValueError, match=r"layout_text_dropout must be in \[0, 1\)"):
+        DiffusionConfig(layout_channels=4, layout_text_dropout=1.0)
+
+
+def test_map_only_rows_read_the_empty_caption_and_keep_the_rest(text_encoder):
+    from types import SimpleNamespace
+
+    from t2i.train_baselines import DiffusionFamily
+
+    caps = ["a red circle left of a blue square", "", "a big green star", "a small red square above a red circle"]
+    f = text_encoder.encode(caps)
+    fake = SimpleNamespace(cfg=DiffusionConfig(layout_channels=4, layout_text_dropout=0.6), t=SimpleNamespace(seed=0),
+                           acc=SimpleNamespace(process_index=0), _features=text_encoder.encode)  # fmt: skip
+    null = text_encoder.encode([""])
+    n = null.words.shape[1]
+    hit = set()
+    for step in range(12):
+        g = DiffusionFamily._map_only(fake, f, caps, step)
+        assert g.words.shape == f.words.shape and g.mask.shape == f.mask.shape
+        for i in range(len(caps)):
+            if torch.equal(g.words[i], f.words[i]) and torch.equal(g.mask[i], f.mask[i]):
+                continue
+            assert caps[i], "a dropped caption is already the empty one"
+            assert torch.equal(g.words[i, :n], null.words[0]) and not bool(g.words[i, n:].any())
+            assert int(g.mask[i].sum()) == int(null.mask[0].sum())
+            assert torch.equal(g.sentence[i], null.sentence[0])
+            hit.add(i)
+        assert torch.equal(DiffusionFamily._map_only(fake, f, caps, step).words, g.words)  # seeded by the step
+    assert hit == {0, 2, 3}  # over a dozen steps every captioned row is sometimes map-only, the rest never

@@ -216,3 +216,15 @@ def test_layout_net_in_front_of_a_trained_unet(tmp_path, text_encoder):
     assert (resumed / "checkpoints/step-000003/layout_net.safetensors").is_file()
     with pytest.raises(ValueError, match="has a layout net"):
         _run("diffusion", tmp_path, text_encoder, [f"train.init_from={run}"])
+    # A contextual layout net fine-tuned from this one: its state projection is new and starts at zero, so at lr 0
+    # it samples what the run did; trained (with map-only rows) it learns to paint the state.
+    ctx = lay + ["model.layout_contextual=true", "model.layout_text_dropout=0.5"]
+    frozen = [f"train.init_from={trained}", "train.lr_g=0", "model.layout_lr=0"]
+    p, q = (load_pipeline(_run("diffusion", tmp_path, text_encoder, o + frozen, max_steps=1)) for o in (ctx, lay))
+    for x in (p, q):
+        x.set_text_encoder(text_encoder)
+        x.set_progress_bar_config(disable=True)
+    assert p.layout_net.config.contextual and p.layout_net.hproj is not None and q.layout_net.hproj is None
+    assert torch.allclose(p(["a red circle"], 2, seed=1), q(["a red circle"], 2, seed=1), atol=1e-5)
+    moved = _run("diffusion", tmp_path, text_encoder, ctx + [f"train.init_from={trained}"], max_steps=2)
+    assert float(_weights(moved / "export/layout_net")["hproj.weight"].float().abs().max()) > 0
