@@ -5,7 +5,7 @@
 # `make baseline-checkpoints` runs this.
 # Budgets (optimizer steps) default to what the bundled weights got on the 2-core CPU (docs/RESULTS.md); the recipes'
 # own max_steps are what a GPU or a night of CPU should use:
-#   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 LAYOUT_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
+#   VQGAN_STEPS=5000 PRIOR_STEPS=30000 DIFFUSION_STEPS=50000 LAYOUT_STEPS=50000 BOUND_STEPS=50000 configs/t2i/make_shapes_baseline_checkpoints.sh
 # The prior and the diffusion model are independent once stage 1 exists: PARALLEL=1 runs them side by side.
 # The bundled prior then had two more legs on an H100 at batch 128 (+427k images; benchmarks/gpu_session.sh with
 # JOBS=vq_prior, see checkpoints/shapes64/vqgan/README.md): this script reproduces the CPU part.
@@ -56,8 +56,13 @@ $PYTHON benchmarks/guidance_sweep.py "$OUT/vqgan" --scales 1 1.5 2 3 5 --metrics
 # beside it as diffusion_layout; its guidance picked on the validation scenes like the others'.
 $T2I train configs/t2i/shapes_diffusion_layout.yaml "model.autoencoder=$AE" "train.init_from=$OUT/diffusion" \
   --max-steps "${LAYOUT_STEPS:-10000}" --no-progress > "$LOGS/diffusion_layout.out"
+# ... then its second leg (configs/t2i/shapes_diffusion_layout_bound.yaml): the LayoutNet's state painted too, and a
+# quarter of the rows drawn from the map alone, so the UNet takes which object is which from the map.
+$T2I train configs/t2i/shapes_diffusion_layout_bound.yaml "model.autoencoder=$AE" \
+  "train.init_from=$(run_of "$LOGS/diffusion_layout.out")/export" --max-steps "${BOUND_STEPS:-12000}" --no-progress \
+  > "$LOGS/diffusion_layout_bound.out"
 rm -rf "${OUT:?}/diffusion_layout"
-cp -r "$(run_of "$LOGS/diffusion_layout.out")/export" "$OUT/diffusion_layout"
+cp -r "$(run_of "$LOGS/diffusion_layout_bound.out")/export" "$OUT/diffusion_layout"
 du -sh "$OUT/diffusion_layout"
 $PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion_layout" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion_layout" \
   --set-default
