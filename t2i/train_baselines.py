@@ -98,7 +98,7 @@ class _Base:
         # A module may name parameters that start as a no-op (zeros): a source from before they existed lacks them.
         fresh = tuple(getattr(module, "new_parameters", ()))
         missing, unexpected = module.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(fresh)] if fresh else missing
+        missing = [k for k in missing if not k.startswith(fresh)]  # startswith(()) is False: none exempt
         if missing or unexpected:
             raise ValueError(f"train.init_from={path}: its {sub} weights do not fit this recipe's (missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]})")  # fmt: skip
