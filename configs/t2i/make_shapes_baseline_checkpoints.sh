@@ -59,7 +59,7 @@ $T2I train configs/t2i/shapes_diffusion_layout.yaml "model.autoencoder=$AE" "tra
 # ... then its second leg (configs/t2i/shapes_diffusion_layout_bound.yaml): the LayoutNet's state painted too, and a
 # quarter of the rows drawn from the map alone, so the UNet takes which object is which from the map.
 $T2I train configs/t2i/shapes_diffusion_layout_bound.yaml "model.autoencoder=$AE" \
-  "train.init_from=$(run_of "$LOGS/diffusion_layout.out")/export" --max-steps "${BOUND_STEPS:-12000}" --no-progress \
+  "train.init_from=$(run_of "$LOGS/diffusion_layout.out")/export" --max-steps "${BOUND_STEPS:-32000}" --no-progress \
   > "$LOGS/diffusion_layout_bound.out"
 rm -rf "${OUT:?}/diffusion_layout"
 cp -r "$(run_of "$LOGS/diffusion_layout_bound.out")/export" "$OUT/diffusion_layout"
