@@ -1,5 +1,5 @@
-"""Where do a layout diffusion model's two-object errors come from: the layout it infers from the caption, or the
-UNet drawing a layout it is given? For the first `--scenes` two-object test captions:
+"""Where do a layout model's two-object errors come from: the layout it infers from the caption, or the UNet (or
+the VQGAN prior) drawing a layout it is given? For the first `--scenes` two-object test captions:
 
 - the layout net alone, against the scenes' true boxes: token-level recall and precision of "this word names an
   object", the mean L1 of its boxes, how often each object's predicted box centre lies inside its true box, and
@@ -31,7 +31,8 @@ def true_layout(pipe, captions: list[str], attributes: list[dict]):
     enc = pipe.text_encoder
     f = enc.encode(list(captions))
     boxes, valid = grounding_targets(enc.tokenizer, captions, attributes, f.words.shape[1], enc.max_length)
-    R = int(pipe.unet.config.sample_size)
+    # the grid the map is painted on: the UNet's (diffusion) or the prior's code grid (VQGAN)
+    R = int(pipe.code_side) if hasattr(pipe, "code_side") else int(pipe.unet.config.sample_size)
     net = pipe.layout_net
     with torch.no_grad():
         lay = net.paint(f.words.to(net.dtype), boxes.to(net.dtype), valid.to(net.dtype), R, R, mask=f.mask)
@@ -89,7 +90,7 @@ def run(target, num: int = 200, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="a diffusion export/bundle/run folder with a layout net")
+    p.add_argument("target", help="a diffusion or VQGAN export/bundle/run folder with a layout net")
     p.add_argument("--scenes", type=int, default=200, help="two-object test captions (default 200)")
     p.add_argument("--seed", type=int, default=0, help="the sampler's noise (default 0)")
     p.add_argument("--json", help="write the results here")

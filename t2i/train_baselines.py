@@ -41,6 +41,24 @@ class _Base:
 
         return drop_captions(batch["captions"], p, step_generator(self.t.seed, step, self.acc.process_index, 7))
 
+    def _map_only(self, f, captions, step, share: float):
+        """f with the cross-attention features of a `share` of the captioned rows replaced by the empty caption's
+        (their layout map, already painted, keeps the caption's objects: layout_text_dropout)."""
+        from t2i.train import step_generator
+
+        g = step_generator(self.t.seed, step, self.acc.process_index, 11)
+        rows = (torch.rand(len(captions), generator=g) < share).tolist()
+        rows = [i for i, (r, c) in enumerate(zip(rows, captions)) if r and c]
+        if not rows:
+            return f
+        null = self._features([""])
+        n = null.words.shape[1]
+        words, mask, sentence = f.words.clone(), f.mask.clone(), f.sentence.clone()
+        words[rows], mask[rows] = 0, False
+        words[rows, :n], mask[rows, :n] = null.words[0].to(words.dtype), null.mask[0]
+        sentence[rows] = null.sentence[0].to(sentence.dtype)
+        return dataclasses.replace(f, words=words, mask=mask, sentence=sentence)
+
     def _make_ema(self, module):
         from torch.optim.swa_utils import AveragedModel
 
@@ -250,7 +268,7 @@ class DiffusionFamily(_Base):
             layout = net.paint(f.words, boxes, valid.float(), *x0.shape[-2:], state=state)
             out["layout"] = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
             if self.cfg.layout_text_dropout > 0:
-                f = self._map_only(f, captions, step)
+                f = self._map_only(f, captions, step, self.cfg.layout_text_dropout)
         if self.recorder is not None:
             self.recorder.maps.clear()
             self.recorder.active = True
@@ -276,24 +294,6 @@ class DiffusionFamily(_Base):
             loss = loss + self.cfg.grounding_weight * gl
         out["loss"] = loss
         return out
-
-    def _map_only(self, f, captions, step):
-        """f with the cross-attention features of a layout_text_dropout share of the captioned rows replaced by the
-        empty caption's (their layout map, already painted, keeps the caption's objects)."""
-        from t2i.train import step_generator
-
-        g = step_generator(self.t.seed, step, self.acc.process_index, 11)
-        rows = (torch.rand(len(captions), generator=g) < self.cfg.layout_text_dropout).tolist()
-        rows = [i for i, (r, c) in enumerate(zip(rows, captions)) if r and c]
-        if not rows:
-            return f
-        null = self._features([""])
-        n = null.words.shape[1]
-        words, mask, sentence = f.words.clone(), f.mask.clone(), f.sentence.clone()
-        words[rows], mask[rows] = 0, False
-        words[rows, :n], mask[rows, :n] = null.words[0].to(words.dtype), null.mask[0]
-        sentence[rows] = null.sentence[0].to(sentence.dtype)
-        return dataclasses.replace(f, words=words, mask=mask, sentence=sentence)
 
     def after_step(self, step):
         if len(self.p) == 1:
@@ -474,9 +474,16 @@ class _ReconstructionGrid:
 
 
 class VQPriorFamily(_Base):
-    """Next-code cross-entropy of the GPT-2 prior given the caption (with caption dropout for CFG)."""
+    """Next-code cross-entropy of the GPT-2 prior given the caption (with caption dropout for CFG).
+
+    With model.layout_channels > 0, text -> layout -> codes as in DiffusionFamily: a LayoutNet learns each object
+    word's box from the scenes' true boxes, the true layout is painted on the code grid for the prior to read, and
+    sampling paints the predicted one. model.layout_from starts the LayoutNet from another export's (e.g. the
+    diffusion_layout bundle's, whose predictor has already learnt the boxes)."""
 
     trained = "prior"
+    LAYOUT_DEFAULTS = {"layout_width": 128, "layout_layers": 3, "layout_weight": 1.0, "layout_lr": 1e-3,
+                       "layout_contextual": False, "layout_text_dropout": 0.0, "layout_from": None}  # fmt: skip
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
         from t2i.models.vqgan import CodePrior, latent_side, load_autoencoder
@@ -487,8 +494,16 @@ class VQPriorFamily(_Base):
         ae = cfg.pop("autoencoder", None)
         self.caption_dropout = float(cfg.pop("caption_dropout", 0.1))
         self.sampling = dict(cfg.pop("sampling", None) or {})  # the exported pipeline's default sampling settings
+        self.lay = {k: cfg.pop(k, v) for k, v in self.LAYOUT_DEFAULTS.items()}
         if not ae:
             raise ValueError("model.autoencoder must name a trained VQGAN autoencoder (run folder or export)")
+        if not 0.0 <= float(self.lay["layout_text_dropout"]) < 1.0:
+            raise ValueError(f"layout_text_dropout must be in [0, 1), got {self.lay['layout_text_dropout']}")
+        channels = int(cfg.get("layout_channels", 0))
+        needs = ("layout_contextual", "layout_text_dropout", "layout_from")
+        if channels <= 0 and any(self.lay[k] for k in needs):
+            raise ValueError("layout_contextual / layout_text_dropout / layout_from need the layout stage "
+                             "(model.layout_channels > 0)")  # fmt: skip
         vq = load_autoencoder(ae)
         self._codes = {}  # dataset index -> (h, w) code indices of its image
         self.autoencoder_path = str(ae)
@@ -497,33 +512,89 @@ class VQPriorFamily(_Base):
         cfg.setdefault("seq_len", side * side)
         self.prior_kwargs = cfg
         prior = CodePrior(**cfg)
+        layout = None
+        if channels > 0:
+            from t2i.models.diffusion import LayoutNet
+
+            lay = self.lay
+            layout = LayoutNet(prior.config.text_dim, channels, int(lay["layout_width"]), int(lay["layout_layers"]),
+                               contextual=bool(lay["layout_contextual"]))  # fmt: skip
         if tcfg.init_from:
-            self._init_from(prior, tcfg.init_from, "prior")
+            from t2i.pipelines import resolve_checkpoint
+
+            if layout is None and (resolve_checkpoint(tcfg.init_from) / "layout_net").is_dir():
+                raise ValueError(f"train.init_from={tcfg.init_from} has a layout net: set model.layout_channels "
+                                 "(and layout_width, layout_layers) to its size")  # fmt: skip
+            src = self._init_from(prior, tcfg.init_from, "prior")
+            if (src / "layout_net").is_dir() and not self.lay["layout_from"]:
+                self._init_from(layout, tcfg.init_from, "layout_net")
+            # else a fresh layout net (or layout_from's), whose map enters through zero weights: the prior is unchanged
+        if self.lay["layout_from"]:
+            self._init_from(layout, self.lay["layout_from"], "layout_net")
         self.frozen = {"vq": vq}
         self.modules = {"prior": prior}
-        self.optimizers = {
-            "prior": torch.optim.AdamW(prior.parameters(), lr=tcfg.lr_g, betas=(0.9, 0.95), weight_decay=1e-2)
-        }
-        self.ema = self._make_ema(prior)
-        self.phases = [Phase("prior", self.step, "prior", 1, ["prior"])]
+        groups = [{"params": list(prior.parameters())}]
+        if layout is not None:
+            self.modules["layout_net"] = layout
+            # The painting projections learn with the prior; the predictor at its own rate, as in DiffusionFamily.
+            painting = ("proj.", "hproj.")
+            groups[0]["params"] += [p for n, p in layout.named_parameters() if n.startswith(painting)]
+            own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
+            groups.append({"params": own, "lr": float(self.lay["layout_lr"])})
+        self.optimizers = {"prior": torch.optim.AdamW(groups, lr=tcfg.lr_g, betas=(0.9, 0.95), weight_decay=1e-2)}
+        # One EMA over what is trained: the prior alone (so runs from before the layout resume), or prior + layout.
+        self.ema = self._make_ema(prior if layout is None else torch.nn.ModuleDict(self.modules))
+        self.phases = [Phase("prior", self.step, "prior", 1, list(self.modules))]
+        self._grounding_cache = {}
 
     def step(self, batch, step):
         from t2i.models.vqgan import prior_loss, vq_encode
 
         idx = self._per_image(self._codes, batch, lambda x: vq_encode(self.frozen["vq"], x).indices)  # (B, h, w)
-        f = self._features(self._dropped(batch, step, self.caption_dropout))
-        loss = prior_loss(self.p["prior"], idx, f.words, f.mask)  # through DDP's forward: gradients sync
-        return {"ce": loss, "loss": loss}
+        captions = self._dropped(batch, step, self.caption_dropout)
+        f = self._features(captions)
+        layout, out = None, {}
+        if "layout_net" in self.p:
+            from t2i.models.diffusion import grounding_targets
 
-    def _pipe(self, prior):
+            net = self.p["layout_net"]
+            boxes, valid = grounding_targets(self.encoder.tokenizer, captions, batch["attributes"], f.words.shape[1],
+                                             self.encoder.max_length, self._grounding_cache)  # fmt: skip
+            boxes, valid = boxes.to(idx.device), valid.to(idx.device)
+            logit, pred, state = net.predict_with_state(f.words, f.mask)
+            # the true layout painted on the code grid (a dropped caption grounds nothing: an empty map)
+            layout = net.paint(f.words, boxes, valid.float(), *idx.shape[-2:], state=state)
+            out["layout"] = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
+            if float(self.lay["layout_text_dropout"]) > 0:
+                f = self._map_only(f, captions, step, float(self.lay["layout_text_dropout"]))
+        loss = prior_loss(self.p["prior"], idx, f.words, f.mask, layout)  # through DDP's forward: gradients sync
+        out["ce"] = loss
+        if "layout" in out:
+            loss = loss + float(self.lay["layout_weight"]) * out["layout"]
+        out["loss"] = loss
+        return out
+
+    def after_step(self, step):
+        if len(self.p) == 1:
+            return super().after_step(step)
+        self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
+
+    def _ema_parts(self):
+        """(prior, layout net or None) of the EMA."""
+        m = self.ema.module
+        if not isinstance(m, torch.nn.ModuleDict):
+            return m, None
+        return m["prior"], m["layout_net"]
+
+    def _pipe(self, prior, layout=None):
         from t2i.models.vqgan import VQGANPipeline
 
         return VQGANPipeline(self.frozen["vq"], prior.eval(), self.data_cfg.text_encoder, self.data_cfg.max_length,
-                             self.sampling, self.data_cfg.text_layer)  # fmt: skip
+                             self.sampling, self.data_cfg.text_layer, layout)  # fmt: skip
 
     def export(self, path, dtype, extra=None):
         # Stored in the export dtype (fp16 by default: the bundle limit), loaded back in float32.
-        pipe = self._pipe(copy.deepcopy(self.ema.module).to("cpu", dtype))
+        pipe = self._pipe(*(None if m is None else copy.deepcopy(m).to("cpu", dtype) for m in self._ema_parts()))
         pipe.vqmodel = copy.deepcopy(self.frozen["vq"]).to("cpu", dtype)
 
         def write(tmp):
@@ -533,7 +604,7 @@ class VQPriorFamily(_Base):
         return atomic_dir(path, write)
 
     def pipeline(self):
-        pipe = self._pipe(copy.deepcopy(self.ema.module))
+        pipe = self._pipe(*(None if m is None else copy.deepcopy(m) for m in self._ema_parts()))
         pipe.set_text_encoder(self.encoder)
         return pipe.to(self.acc.device)
 

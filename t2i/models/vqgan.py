@@ -223,7 +223,16 @@ def discriminator_hinge_loss(disc: PatchDiscriminator, real: torch.Tensor, fake:
 
 
 class CodePrior(ModelMixin, ConfigMixin):
-    """GPT-2 over code indices (raster order) with cross-attention to projected word features."""
+    """GPT-2 over code indices (raster order) with cross-attention to projected word features.
+
+    With `layout_channels` > 0 the prior also reads a painted layout map on the code grid (a LayoutNet's, see
+    t2i.models.diffusion.LayoutNet): the map's cell i, through a projection that starts at zero, is added to the
+    input embedding at position i, the input that predicts code i. So each code is predicted knowing what the layout
+    puts in its own cell (text -> layout -> image, Hong et al. 2018), not only what cross-attention reads."""
+
+    # parameters a prior from before the layout existed lacks (zero-initialised: they start as a no-op)
+    new_parameters = ("layout_proj.",)
+    grows_with = ("layout_channels",)
 
     @register_to_config
     def __init__(
@@ -235,9 +244,13 @@ class CodePrior(ModelMixin, ConfigMixin):
         n_layer: int = 6,
         n_head: int = 8,
         dropout: float = 0.1,
+        layout_channels: int = 0,
     ):
         super().__init__()
         from transformers import GPT2Config, GPT2LMHeadModel
+
+        if layout_channels < 0:
+            raise ValueError(f"layout_channels must be >= 0 (0 = no layout map), got {layout_channels}")
 
         self.bos = num_codes  # one extra token starts every sequence
         gcfg = GPT2Config(
@@ -256,35 +269,62 @@ class CodePrior(ModelMixin, ConfigMixin):
         )
         self.gpt = GPT2LMHeadModel(gcfg)
         self.text_proj = nn.Linear(text_dim, n_embd)
+        self.layout_proj = None
+        if layout_channels:
+            self.layout_proj = nn.Linear(layout_channels, n_embd)
+            nn.init.zeros_(self.layout_proj.weight)
+            nn.init.zeros_(self.layout_proj.bias)
 
-    def forward(self, codes: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, past_key_values=None):
-        """codes (B, L) input tokens (BOS first); words (B, T, D_text); mask (B, T) -> GPT-2 output (logits)."""
+    def layout_sequence(self, layout: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) painted map on the code grid -> (B, h*w, C) in raster order, checked against this prior."""
+        if self.layout_proj is None:
+            raise ValueError("layout given, but this prior reads no layout map (layout_channels is 0)")
+        want = (self.config.layout_channels, self.config.seq_len)
+        if layout.dim() != 4 or (layout.shape[1], layout.shape[2] * layout.shape[3]) != want:
+            raise ValueError(f"layout of shape {tuple(layout.shape)}; this prior needs (B, {want[0]}, h, w) with "
+                             f"h*w = {want[1]}")  # fmt: skip
+        return layout.flatten(2).transpose(1, 2)
+
+    def embed(self, codes: torch.Tensor, layout_seq: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """Input embeddings of `codes` (B, n) at positions start..start+n-1, plus the layout cells they predict."""
+        e = self.gpt.transformer.wte(codes)
+        if layout_seq is not None:
+            cells = layout_seq[:, start : start + codes.shape[1]]
+            e = e + self.layout_proj(cells.to(self.layout_proj.weight.dtype)).to(e.dtype)
+        return e
+
+    def forward(self, codes: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, past_key_values=None,
+                layout: torch.Tensor | None = None):  # fmt: skip
+        """codes (B, L) input tokens (BOS first); words (B, T, D_text); mask (B, T); layout (B, C, h, w) a painted
+        map when the prior reads one -> GPT-2 output (logits)."""
         import warnings
 
         with warnings.catch_warnings():
             # transformers 5.x renames the KV-cache argument and warns on every decoding step; the name used here
             # is still accepted throughout the supported range.
             warnings.simplefilter("ignore", FutureWarning)
+            inputs = {"input_ids": codes} if layout is None else {
+                "inputs_embeds": self.embed(codes, self.layout_sequence(layout))}  # fmt: skip
             return self.gpt(
-                input_ids=codes,
+                **inputs,
                 encoder_hidden_states=self.text_proj(words),
                 encoder_attention_mask=mask.long(),
                 past_key_values=past_key_values,
                 use_cache=past_key_values is not None or not self.training,
             )
 
-    def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, layout=None) -> torch.Tensor:
         """Next-code cross-entropy. indices (B, h, w) from the autoencoder."""
-        return prior_loss(self, indices, words, mask)
+        return prior_loss(self, indices, words, mask, layout)
 
 
-def prior_loss(prior, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def prior_loss(prior, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, layout=None) -> torch.Tensor:
     """Next-code cross-entropy through `prior`'s forward (also when DDP-wrapped, so gradients are synchronised)."""
     B = indices.shape[0]
     target = indices.view(B, -1)  # (B, L)
     bos = (prior.module if hasattr(prior, "module") else prior).bos
     inp = torch.cat([torch.full((B, 1), bos, device=target.device, dtype=target.dtype), target[:, :-1]], 1)
-    logits = prior(inp, words, mask).logits  # (B, L, V)
+    logits = prior(inp, words, mask, layout=layout).logits  # (B, L, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
 
 
@@ -315,10 +355,13 @@ def sample_codes(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    layout: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Autoregressive sampling with a KV cache -> code indices (B, L). With `null` (the empty caption's features)
-    and guidance_scale != 1 the logits are guided: uncond + s * (cond - uncond)."""
+    and guidance_scale != 1 the logits are guided: uncond + s * (cond - uncond). layout (B, C, h, w): the painted
+    map a layout prior reads; the guidance branch gets an empty one, as a dropped caption does in training."""
     B, L = words.shape[0], prior.config.seq_len
+    lay = None if layout is None else prior.layout_sequence(layout)
     guided = null is not None  # both branches run; scale 1 then reproduces the conditional logits exactly
     if guided:
         T = max(words.shape[1], null.words.shape[1])
@@ -326,12 +369,13 @@ def sample_codes(
         cw, cm = pad(words, mask)
         nw, nm = pad(null.words.expand(B, -1, -1), null.mask.expand(B, -1))
         words, mask = torch.cat([cw, nw]), torch.cat([cm, nm])
+        lay = None if lay is None else torch.cat([lay, torch.zeros_like(lay)])
     tok = torch.full((words.shape[0], 1), prior.bos, dtype=torch.long, device=words.device)
     past, out = None, []
     ctx = prior.text_proj(words)
-    for _ in range(L):
-        o = prior.gpt(input_ids=tok, encoder_hidden_states=ctx, encoder_attention_mask=mask.long(),
-                      past_key_values=past, use_cache=True)  # fmt: skip
+    for t in range(L):
+        o = prior.gpt(inputs_embeds=prior.embed(tok, lay, t), encoder_hidden_states=ctx,
+                      encoder_attention_mask=mask.long(), past_key_values=past, use_cache=True)  # fmt: skip
         past = o.past_key_values
         logits = o.logits[:, -1].float()  # (B or 2B, V)
         if guided:
@@ -357,9 +401,13 @@ class VQGANPipeline:
     DEFAULT_SAMPLING = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
     def __init__(self, vqmodel: VQModel, prior: CodePrior, text_encoder_name: str | None = None, max_length: int = 32,
-                 sampling: dict | None = None, text_layer: int = -1):  # fmt: skip
+                 sampling: dict | None = None, text_layer: int = -1, layout_net=None):  # fmt: skip
         self.vqmodel = vqmodel.eval()
         self.prior = prior.eval()
+        # text -> layout -> codes: the LayoutNet (t2i.models.diffusion) whose painted map the prior reads
+        if (layout_net is None) != (prior.layout_proj is None):
+            raise ValueError("a prior that reads a layout map needs its layout net, and only such a prior takes one")
+        self.layout_net = None if layout_net is None else layout_net.eval()
         self.text_encoder_name = text_encoder_name
         self.max_length = max_length
         self.text_layer = int(text_layer)
@@ -387,7 +435,18 @@ class VQGANPipeline:
     def to(self, device) -> VQGANPipeline:
         self.vqmodel.to(device)
         self.prior.to(device)
+        if self.layout_net is not None:
+            self.layout_net.to(device)
         return self
+
+    @property
+    def code_side(self) -> int:
+        return int(round(self.prior.config.seq_len**0.5))
+
+    def predict_layout(self, words, mask) -> torch.Tensor:
+        """(B, C, h, w): the layout net's painted map, on the code grid, of the layout it infers from the caption."""
+        side = self.code_side
+        return self.layout_net.layout(words.to(self.layout_net.dtype), mask, side, side).float()
 
     @torch.no_grad()
     def __call__(
@@ -400,10 +459,13 @@ class VQGANPipeline:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(len(captions) * k, 3, R, R) in [-1, 1], caption-major; the same seed gives the same images.
 
-        Sampling settings left as None take the pipeline's saved defaults (`self.sampling`)."""
+        Sampling settings left as None take the pipeline's saved defaults (`self.sampling`). layout
+        (len(captions), C, h, w): a painted map on the code grid to draw instead of the one the layout net infers
+        (e.g. the true layout, `layout_net.paint`; benchmarks/layout_oracle.py)."""
         if isinstance(captions, str):
             captions = [captions]
         s = self.sampling
@@ -417,11 +479,21 @@ class VQGANPipeline:
         mask = f.mask.repeat_interleave(num_images_per_caption, 0)
         null = self.text_encoder.encode([""]).to(device) if guidance_scale != 1.0 else None
         g = torch.Generator("cpu").manual_seed(seed)
-        side = int(round(self.prior.config.seq_len**0.5))
+        side = self.code_side
+        if layout is not None:
+            if self.layout_net is None:
+                raise ValueError("layout given, but this pipeline has no layout net (its prior reads no layout map)")
+            want = (len(captions), self.prior.config.layout_channels, side, side)
+            if tuple(layout.shape) != want:
+                raise ValueError(f"layout of shape {tuple(layout.shape)}; this pipeline needs {want}")
+            layout = layout.to(device, torch.float32).repeat_interleave(num_images_per_caption, 0)
+        elif self.layout_net is not None:
+            layout = self.predict_layout(words, mask)
         out = []
         for i in range(0, words.shape[0], batch_size):
-            codes = sample_codes(self.prior, words[i : i + batch_size], mask[i : i + batch_size], null,
-                                 guidance_scale, temperature, top_k, top_p, g)  # fmt: skip
+            sl = slice(i, i + batch_size)
+            codes = sample_codes(self.prior, words[sl], mask[sl], null, guidance_scale, temperature, top_k, top_p, g,
+                                 None if layout is None else layout[sl])  # fmt: skip
             out.append(vq_decode_indices(self.vqmodel, codes.view(-1, side, side)))
         return torch.cat(out).clamp(-1, 1).float().cpu()
 
@@ -429,6 +501,8 @@ class VQGANPipeline:
         path = Path(path)
         self.vqmodel.save_pretrained(path / "vqmodel")
         self.prior.save_pretrained(path / "prior")
+        if self.layout_net is not None:
+            self.layout_net.save_pretrained(path / "layout_net")
         meta = {"family": "vqgan", "text_encoder_name": self.text_encoder_name, "max_length": self.max_length,
                 "sampling": self.sampling, "text_layer": self.text_layer}  # fmt: skip
         (path / "pipeline.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -441,5 +515,10 @@ class VQGANPipeline:
         vq = VQModel.from_pretrained(path / "vqmodel", local_files_only=True).float()
         vq.quantize.legacy = False
         prior = CodePrior.from_pretrained(path / "prior", local_files_only=True).float()
+        layout = None
+        if (path / "layout_net").is_dir():
+            from t2i.models.diffusion import LayoutNet
+
+            layout = LayoutNet.from_pretrained(path / "layout_net", local_files_only=True).float()
         return cls(vq, prior, meta.get("text_encoder_name"), meta.get("max_length", 32), meta.get("sampling"),
-                   meta.get("text_layer", -1))  # fmt: skip
+                   meta.get("text_layer", -1), layout)  # fmt: skip

@@ -188,13 +188,13 @@ def test_map_only_rows_read_the_empty_caption_and_keep_the_rest(text_encoder):
 
     caps = ["a red circle left of a blue square", "", "a big green star", "a small red square above a red circle"]
     f = text_encoder.encode(caps)
-    fake = SimpleNamespace(cfg=DiffusionConfig(layout_channels=4, layout_text_dropout=0.6), t=SimpleNamespace(seed=0),
-                           acc=SimpleNamespace(process_index=0), _features=text_encoder.encode)  # fmt: skip
+    fake = SimpleNamespace(t=SimpleNamespace(seed=0), acc=SimpleNamespace(process_index=0),
+                           _features=text_encoder.encode)  # fmt: skip
     null = text_encoder.encode([""])
     n = null.words.shape[1]
     hit = set()
     for step in range(12):
-        g = DiffusionFamily._map_only(fake, f, caps, step)
+        g = DiffusionFamily._map_only(fake, f, caps, step, 0.6)
         assert g.words.shape == f.words.shape and g.mask.shape == f.mask.shape
         for i in range(len(caps)):
             if torch.equal(g.words[i], f.words[i]) and torch.equal(g.mask[i], f.mask[i]):
@@ -204,5 +204,5 @@ def test_map_only_rows_read_the_empty_caption_and_keep_the_rest(text_encoder):
             assert int(g.mask[i].sum()) == int(null.mask[0].sum())
             assert torch.equal(g.sentence[i], null.sentence[0])
             hit.add(i)
-        assert torch.equal(DiffusionFamily._map_only(fake, f, caps, step).words, g.words)  # seeded by the step
+        assert torch.equal(DiffusionFamily._map_only(fake, f, caps, step, 0.6).words, g.words)  # seeded by the step
     assert hit == {0, 2, 3}  # over a dozen steps every captioned row is sometimes map-only, the rest never

@@ -128,6 +128,8 @@ def test_layout_oracle_scores_a_perfect_and_a_swapped_layout_net(text_encoder):
     pipe = SimpleNamespace(text_encoder=text_encoder, layout_net=net, unet=unet)
     boxes, valid, lay = layout_oracle.true_layout(pipe, caps, attrs)
     assert lay.shape == (12, 2, 8, 8) and int(valid.sum()) >= 2 * 12  # words of both objects in every caption
+    vq_like = SimpleNamespace(text_encoder=text_encoder, layout_net=net, code_side=4)  # a VQGAN prior's code grid
+    assert layout_oracle.true_layout(vq_like, caps, attrs)[2].shape == (12, 2, 4, 4)
 
     def answer(swap):
         def predict(words, mask):

@@ -228,3 +228,43 @@ def test_layout_net_in_front_of_a_trained_unet(tmp_path, text_encoder):
     assert torch.allclose(p(["a red circle"], 2, seed=1), q(["a red circle"], 2, seed=1), atol=1e-5)
     moved = _run("diffusion", tmp_path, text_encoder, ctx + [f"train.init_from={trained}"], max_steps=2)
     assert float(_weights(moved / "export/layout_net")["hproj.weight"].float().abs().max()) > 0
+
+
+def test_layout_net_in_front_of_a_trained_prior(tmp_path, text_encoder):
+    """The VQGAN prior with a layout stage (text -> layout -> codes): init_from a plain prior, the map's projection
+    starts at zero, so at lr 0 the run samples what the source did; trained, the prior reads the map and the layout
+    net's loss is logged; export reloads to identical samples; resume; the layout net can come from another export
+    (model.layout_from); a layout export into a recipe without the stage is refused."""
+    ae = _run("vqgan", tmp_path, text_encoder)
+    src = _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}"])
+    lay = [f"model.autoencoder={ae}", "model.layout_channels=4", "model.layout_width=16", "model.layout_layers=1",
+           "model.layout_contextual=true"]  # fmt: skip
+    run = _run("vq_prior", tmp_path, text_encoder, lay + [f"train.init_from={src}", "train.lr_g=0",
+                                                          "model.layout_lr=0"], max_steps=1)  # fmt: skip
+    assert (run / "export/layout_net/config.json").is_file()
+    pipes = [load_pipeline(p) for p in (src, run)]
+    for p in pipes:
+        p.set_text_encoder(text_encoder)
+    assert pipes[1].layout_net is not None and pipes[0].layout_net is None
+    a, b = (p(["a red circle left of a blue star"], 2, seed=4) for p in pipes)
+    assert torch.equal(a, b)
+    trained = _run("vq_prior", tmp_path, text_encoder, lay + [f"train.init_from={run}",
+                                                              "model.layout_text_dropout=0.5"])  # fmt: skip
+    log = (trained / "train.log").read_text()
+    assert "layout" in log and "ce" in log
+    assert float(_weights(trained / "export/prior")["layout_proj.weight"].float().abs().max()) > 0
+    pipe, again = load_pipeline(trained), load_pipeline(trained / "export")
+    for p in (pipe, again):
+        p.set_text_encoder(text_encoder)
+    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    resumed = _run("vq_prior", tmp_path, text_encoder, lay, max_steps=3, resume=str(trained))
+    assert (resumed / "checkpoints/step-000003/layout_net.safetensors").is_file()
+    # layout_from: the layout net's weights from another export (here the trained run's), the prior from init_from
+    frozen = [f"train.init_from={src}", f"model.layout_from={trained}", "train.lr_g=0", "model.layout_lr=0"]
+    moved = _run("vq_prior", tmp_path, text_encoder, lay + frozen, max_steps=1)
+    x, y = _weights(trained / "export/layout_net"), _weights(moved / "export/layout_net")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    with pytest.raises(ValueError, match="has a layout net"):
+        _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={run}"])
+    with pytest.raises(ValueError, match="need the layout stage"):
+        _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", "model.layout_contextual=true"])

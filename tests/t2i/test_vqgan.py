@@ -199,3 +199,79 @@ def test_pipeline_text_layer_round_trip(tmp_path):
     del meta["text_layer"]  # a bundle saved before the option
     (tmp_path / "p/pipeline.json").write_text(json.dumps(meta))
     assert VQGANPipeline.from_pretrained(tmp_path / "p").text_layer == -1
+
+
+def _layout_prior(cfg, channels=4):
+    torch.manual_seed(1)
+    prior = CodePrior(num_codes=cfg.num_codes, seq_len=cfg.code_size**2, text_dim=384, n_embd=32, n_layer=1, n_head=2,
+                      layout_channels=channels).eval()  # fmt: skip
+    torch.nn.init.normal_(prior.layout_proj.weight, std=1.0)  # a prior that reads its map (it starts at zero)
+    return prior
+
+
+def test_layout_prior_cached_sampling_reads_the_cell_it_predicts(text_encoder):
+    """The KV-cached sampler adds layout cell t to the input that predicts code t, as the full-sequence forward of
+    training does: greedy codes sampled with a map are the argmax of one forward over them with the same map."""
+    cfg = tiny_cfg()
+    prior = _layout_prior(cfg)
+    side = cfg.code_size
+    f = text_encoder.encode(["a red circle", "a blue star"])
+    lay = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(3)) * 3
+    codes = sample_codes(prior, f.words, f.mask, top_k=1, generator=torch.Generator().manual_seed(0), layout=lay)
+    bos = torch.full((2, 1), prior.bos, dtype=torch.long)
+    with torch.no_grad():
+        logits = prior(torch.cat([bos, codes[:, :-1]], 1), f.words, f.mask, layout=lay).logits[..., : prior.bos]
+    assert torch.equal(logits.argmax(-1), codes)
+    other = sample_codes(prior, f.words, f.mask, top_k=1, generator=torch.Generator().manual_seed(0), layout=-lay)
+    assert not torch.equal(codes, other)  # the map is read
+    with pytest.raises(ValueError, match="layout of shape"):
+        prior(torch.cat([bos, codes[:, :-1]], 1), f.words, f.mask, layout=lay[:, :3])
+    plain = CodePrior(num_codes=cfg.num_codes, seq_len=side**2, text_dim=384, n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(ValueError, match="reads no layout map"):
+        plain(torch.cat([bos, codes[:, :-1]], 1), f.words, f.mask, layout=lay)
+
+
+def test_layout_prior_guidance_branch_gets_an_empty_map(text_encoder):
+    """uncond + s * (cond - uncond) with the unconditional branch on the empty caption AND an empty map: scale 0
+    samples what the empty caption with a zero map samples, whatever the conditional map says."""
+    cfg = tiny_cfg()
+    prior = _layout_prior(cfg)
+    side = cfg.code_size
+    f, null = text_encoder.encode(["a red circle"]), text_encoder.encode([""])
+    lay = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(3)) * 3
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    guided0 = sample_codes(prior, f.words, f.mask, null, 0.0, top_k=1, generator=g(), layout=lay)
+    empty = sample_codes(prior, null.words, null.mask, top_k=1, generator=g(), layout=torch.zeros_like(lay))
+    assert torch.equal(guided0, empty)
+    one = sample_codes(prior, f.words, f.mask, null, 1.0, generator=g(), layout=lay)
+    assert torch.equal(one, sample_codes(prior, f.words, f.mask, generator=g(), layout=lay))
+
+
+def test_layout_pipeline_round_trip_and_errors(tmp_path, text_encoder):
+    from t2i.models.diffusion import LayoutNet
+
+    cfg = tiny_cfg()
+    prior = _layout_prior(cfg)
+    torch.manual_seed(2)
+    net = LayoutNet(384, 4, 16, 1, contextual=True)
+    pipe = VQGANPipeline(build_vqmodel(cfg), prior, layout_net=net, sampling={"guidance_scale": 2.0})
+    pipe.set_text_encoder(text_encoder)
+    a = pipe(["a red circle left of a blue star"], 2, seed=3)
+    pipe.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p/layout_net/config.json").is_file()
+    again = VQGANPipeline.from_pretrained(tmp_path / "p")
+    again.set_text_encoder(text_encoder)
+    assert torch.equal(a, again(["a red circle left of a blue star"], 2, seed=3))
+    # the true layout instead of the predicted one (what benchmarks/layout_oracle.py does), shape checked
+    side = cfg.code_size
+    enc = text_encoder.encode(["a red circle left of a blue star"])
+    mine = pipe.predict_layout(enc.words, enc.mask)
+    assert mine.shape == (1, 4, side, side)
+    assert torch.equal(a, pipe(["a red circle left of a blue star"], 2, seed=3, layout=mine))
+    with pytest.raises(ValueError, match=r"layout of shape \(1, 4, 2, 2\)"):
+        pipe(["a red circle"], layout=torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="needs its layout net"):
+        VQGANPipeline(build_vqmodel(cfg), prior)
+    plain = CodePrior(num_codes=cfg.num_codes, seq_len=side**2, text_dim=384, n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(ValueError, match="needs its layout net"):
+        VQGANPipeline(build_vqmodel(cfg), plain, layout_net=net)
