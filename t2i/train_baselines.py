@@ -123,8 +123,46 @@ class _Base:
         return root
 
     def after_step(self, step):
-        if self.ema is not None:
+        if self.ema is None:
+            return
+        if isinstance(self.ema.module, torch.nn.ModuleDict):  # one EMA over all trained modules (+ layout net, ...)
+            self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
+        else:
             self.ema.update_parameters(self.acc.unwrap_model(self.p[self.trained]))
+
+    def _refuse_layout_source(self, layout, init_from):
+        """A source with a layout net only goes into a recipe with a layout stage."""
+        from t2i.pipelines import resolve_checkpoint
+
+        if layout is None and (resolve_checkpoint(init_from) / "layout_net").is_dir():
+            raise ValueError(f"train.init_from={init_from} has a layout net: set model.layout_channels "
+                             "(and layout_width, layout_layers) to its size")  # fmt: skip
+
+    @staticmethod
+    def _layout_params(layout, lr: float) -> tuple[list, dict]:
+        """(the painting projections, which learn with the main network; the predictor's param group at `lr`)."""
+        painting = ("proj.", "hproj.")
+        mine = [p for n, p in layout.named_parameters() if n.startswith(painting)]
+        own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
+        return mine, {"params": own, "lr": lr}
+
+    def _true_layout(self, f, captions, attributes, step: int, h: int, w: int, text_dropout: float):
+        """The layout stage of a training step: the scenes' true boxes painted on an h x w grid (with the
+        predictor's state at each word when the net is contextual; a dropped caption grounds nothing, so its map is
+        empty), the layout net's loss, and f with a `text_dropout` share of the rows made map-only.
+        -> (f, painted map, loss)."""
+        from t2i.models.diffusion import grounding_targets
+
+        net = self.p["layout_net"]
+        boxes, valid = grounding_targets(self.encoder.tokenizer, captions, attributes, f.words.shape[1],
+                                         self.encoder.max_length, self._grounding_cache)  # fmt: skip
+        boxes, valid = boxes.to(f.words.device), valid.to(f.words.device)
+        logit, pred, state = net.predict_with_state(f.words, f.mask)
+        layout = net.paint(f.words, boxes, valid.float(), h, w, state=state)
+        loss = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
+        if text_dropout > 0:
+            f = self._map_only(f, captions, step, text_dropout)
+        return f, layout, loss
 
     def state_modules(self) -> dict:
         out = {n: self.acc.unwrap_model(m) for n, m in self.p.items()}
@@ -165,11 +203,7 @@ class DiffusionFamily(_Base):
             self.cfg.resolution = latent_side(self.vq)
         unet, adapter, layout = build_unet(self.cfg), build_word_adapter(self.cfg), build_layout_net(self.cfg)
         if tcfg.init_from:
-            from t2i.pipelines import resolve_checkpoint
-
-            if layout is None and (resolve_checkpoint(tcfg.init_from) / "layout_net").is_dir():
-                raise ValueError(f"train.init_from={tcfg.init_from} has a layout net: set model.layout_channels "
-                                 "(and layout_width, layout_layers) to its size")  # fmt: skip
+            self._refuse_layout_source(layout, tcfg.init_from)
             src = self._init_from(unet, tcfg.init_from, "unet", extra_in=self.cfg.layout_channels)
             if (src / "word_adapter").is_dir():
                 if adapter is None:
@@ -194,10 +228,9 @@ class DiffusionFamily(_Base):
         if layout is not None:
             self.modules["layout_net"] = layout
             # The painting projection learns with the UNet; the predictor (from scratch) at its own rate.
-            painting = ("proj.", "hproj.")
-            groups[0]["params"] += [p for n, p in layout.named_parameters() if n.startswith(painting)]
-            own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
-            groups.append({"params": own, "lr": self.cfg.layout_lr})
+            painting, own = self._layout_params(layout, self.cfg.layout_lr)
+            groups[0]["params"] += painting
+            groups.append(own)
         self.optimizers = {"unet": torch.optim.AdamW(groups, lr=tcfg.lr_g, weight_decay=1e-2)}
         # One EMA over what is trained: the UNet alone (as before the adapter existed, so old runs resume), or all.
         self.ema = self._make_ema(unet if len(self.modules) == 1 else torch.nn.ModuleDict(self.modules))
@@ -257,18 +290,8 @@ class DiffusionFamily(_Base):
         g = step_generator(self.t.seed, step, self.acc.process_index, 3)
         layout, out = None, {}
         if "layout_net" in self.p:
-            from t2i.models.diffusion import grounding_targets
-
-            net = self.p["layout_net"]
-            boxes, valid = grounding_targets(self.encoder.tokenizer, captions, batch["attributes"], f.words.shape[1],
-                                             self.encoder.max_length, self._grounding_cache)  # fmt: skip
-            boxes, valid = boxes.to(x0.device), valid.to(x0.device)
-            logit, pred, state = net.predict_with_state(f.words, f.mask)
-            # the true layout, painted (with the predictor's state at each word when the net is contextual)
-            layout = net.paint(f.words, boxes, valid.float(), *x0.shape[-2:], state=state)
-            out["layout"] = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
-            if self.cfg.layout_text_dropout > 0:
-                f = self._map_only(f, captions, step, self.cfg.layout_text_dropout)
+            f, layout, out["layout"] = self._true_layout(f, captions, batch["attributes"], step, *x0.shape[-2:],
+                                                         self.cfg.layout_text_dropout)  # fmt: skip
         if self.recorder is not None:
             self.recorder.maps.clear()
             self.recorder.active = True
@@ -294,11 +317,6 @@ class DiffusionFamily(_Base):
             loss = loss + self.cfg.grounding_weight * gl
         out["loss"] = loss
         return out
-
-    def after_step(self, step):
-        if len(self.p) == 1:
-            return super().after_step(step)
-        self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
 
     def _ema_parts(self):
         """(unet, word adapter or None, layout net or None) of the EMA."""
@@ -520,11 +538,7 @@ class VQPriorFamily(_Base):
             layout = LayoutNet(prior.config.text_dim, channels, int(lay["layout_width"]), int(lay["layout_layers"]),
                                contextual=bool(lay["layout_contextual"]))  # fmt: skip
         if tcfg.init_from:
-            from t2i.pipelines import resolve_checkpoint
-
-            if layout is None and (resolve_checkpoint(tcfg.init_from) / "layout_net").is_dir():
-                raise ValueError(f"train.init_from={tcfg.init_from} has a layout net: set model.layout_channels "
-                                 "(and layout_width, layout_layers) to its size")  # fmt: skip
+            self._refuse_layout_source(layout, tcfg.init_from)
             src = self._init_from(prior, tcfg.init_from, "prior")
             if (src / "layout_net").is_dir() and not self.lay["layout_from"]:
                 self._init_from(layout, tcfg.init_from, "layout_net")
@@ -537,10 +551,9 @@ class VQPriorFamily(_Base):
         if layout is not None:
             self.modules["layout_net"] = layout
             # The painting projections learn with the prior; the predictor at its own rate, as in DiffusionFamily.
-            painting = ("proj.", "hproj.")
-            groups[0]["params"] += [p for n, p in layout.named_parameters() if n.startswith(painting)]
-            own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
-            groups.append({"params": own, "lr": float(self.lay["layout_lr"])})
+            painting, own = self._layout_params(layout, float(self.lay["layout_lr"]))
+            groups[0]["params"] += painting
+            groups.append(own)
         self.optimizers = {"prior": torch.optim.AdamW(groups, lr=tcfg.lr_g, betas=(0.9, 0.95), weight_decay=1e-2)}
         # One EMA over what is trained: the prior alone (so runs from before the layout resume), or prior + layout.
         self.ema = self._make_ema(prior if layout is None else torch.nn.ModuleDict(self.modules))
@@ -554,30 +567,15 @@ class VQPriorFamily(_Base):
         captions = self._dropped(batch, step, self.caption_dropout)
         f = self._features(captions)
         layout, out = None, {}
-        if "layout_net" in self.p:
-            from t2i.models.diffusion import grounding_targets
-
-            net = self.p["layout_net"]
-            boxes, valid = grounding_targets(self.encoder.tokenizer, captions, batch["attributes"], f.words.shape[1],
-                                             self.encoder.max_length, self._grounding_cache)  # fmt: skip
-            boxes, valid = boxes.to(idx.device), valid.to(idx.device)
-            logit, pred, state = net.predict_with_state(f.words, f.mask)
-            # the true layout painted on the code grid (a dropped caption grounds nothing: an empty map)
-            layout = net.paint(f.words, boxes, valid.float(), *idx.shape[-2:], state=state)
-            out["layout"] = net.loss(f.words, f.mask, boxes, valid, predicted=(logit, pred))
-            if float(self.lay["layout_text_dropout"]) > 0:
-                f = self._map_only(f, captions, step, float(self.lay["layout_text_dropout"]))
+        if "layout_net" in self.p:  # the true layout, painted on the code grid
+            f, layout, out["layout"] = self._true_layout(f, captions, batch["attributes"], step, *idx.shape[-2:],
+                                                         float(self.lay["layout_text_dropout"]))  # fmt: skip
         loss = prior_loss(self.p["prior"], idx, f.words, f.mask, layout)  # through DDP's forward: gradients sync
         out["ce"] = loss
         if "layout" in out:
             loss = loss + float(self.lay["layout_weight"]) * out["layout"]
         out["loss"] = loss
         return out
-
-    def after_step(self, step):
-        if len(self.p) == 1:
-            return super().after_step(step)
-        self.ema.update_parameters(torch.nn.ModuleDict({n: self.acc.unwrap_model(m) for n, m in self.p.items()}))
 
     def _ema_parts(self):
         """(prior, layout net or None) of the EMA."""
