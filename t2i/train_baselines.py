@@ -501,7 +501,8 @@ class VQPriorFamily(_Base):
 
     trained = "prior"
     LAYOUT_DEFAULTS = {"layout_width": 128, "layout_layers": 3, "layout_weight": 1.0, "layout_lr": 1e-3,
-                       "layout_contextual": False, "layout_text_dropout": 0.0, "layout_from": None}  # fmt: skip
+                       "layout_contextual": False, "layout_text_dropout": 0.0, "layout_from": None,
+                       "layout_prior_lr": None}  # fmt: skip
 
     def __init__(self, family: str, model_cfg: dict, tcfg):
         from t2i.models.vqgan import CodePrior, latent_side, load_autoencoder
@@ -518,10 +519,10 @@ class VQPriorFamily(_Base):
         if not 0.0 <= float(self.lay["layout_text_dropout"]) < 1.0:
             raise ValueError(f"layout_text_dropout must be in [0, 1), got {self.lay['layout_text_dropout']}")
         channels = int(cfg.get("layout_channels", 0))
-        needs = ("layout_contextual", "layout_text_dropout", "layout_from")
+        needs = ("layout_contextual", "layout_text_dropout", "layout_from", "layout_prior_lr")
         if channels <= 0 and any(self.lay[k] for k in needs):
-            raise ValueError("layout_contextual / layout_text_dropout / layout_from need the layout stage "
-                             "(model.layout_channels > 0)")  # fmt: skip
+            raise ValueError("layout_contextual / layout_text_dropout / layout_from / layout_prior_lr need the layout "
+                             "stage (model.layout_channels > 0)")  # fmt: skip
         vq = load_autoencoder(ae)
         self._codes = {}  # dataset index -> (h, w) code indices of its image
         self.autoencoder_path = str(ae)
@@ -548,6 +549,12 @@ class VQPriorFamily(_Base):
         self.frozen = {"vq": vq}
         self.modules = {"prior": prior}
         groups = [{"params": list(prior.parameters())}]
+        if self.lay["layout_prior_lr"] is not None:
+            # the prior's map-reading parameters (zero at the start) at their own rate, the trained prior at lr_g
+            new = tuple(prior.new_parameters)
+            groups = [{"params": [q for n, q in prior.named_parameters() if not n.startswith(new)]},
+                      {"params": [q for n, q in prior.named_parameters() if n.startswith(new)],
+                       "lr": float(self.lay["layout_prior_lr"])}]  # fmt: skip
         if layout is not None:
             self.modules["layout_net"] = layout
             # The painting projections learn with the prior; the predictor at its own rate, as in DiffusionFamily.

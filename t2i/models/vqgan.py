@@ -10,6 +10,7 @@ Stage 2 (prior): next-code cross-entropy given the caption, with caption dropout
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,11 +229,15 @@ class CodePrior(ModelMixin, ConfigMixin):
     With `layout_channels` > 0 the prior also reads a painted layout map on the code grid (a LayoutNet's, see
     t2i.models.diffusion.LayoutNet): the map's cell i, through a projection that starts at zero, is added to the
     input embedding at position i, the input that predicts code i. So each code is predicted knowing what the layout
-    puts in its own cell (text -> layout -> image, Hong et al. 2018), not only what cross-attention reads."""
+    puts in its own cell (text -> layout -> image, Hong et al. 2018), not only what cross-attention reads.
+
+    With `layout_attention` as well, every block also attends over the whole map (`LayoutAttention`, one token per
+    cell with a learnt position, a residual branch whose output projection starts at zero): a causal prior reading
+    only cell i cannot see where a box it is entering ends, or where the other object's box lies below it."""
 
     # parameters a prior from before the layout existed lacks (zero-initialised: they start as a no-op)
-    new_parameters = ("layout_proj.",)
-    grows_with = ("layout_channels",)
+    new_parameters = ("layout_proj.", "layout_attn.", "layout_tok.", "layout_pos")
+    grows_with = ("layout_channels", "layout_attention")
 
     @register_to_config
     def __init__(
@@ -245,12 +250,15 @@ class CodePrior(ModelMixin, ConfigMixin):
         n_head: int = 8,
         dropout: float = 0.1,
         layout_channels: int = 0,
+        layout_attention: bool = False,
     ):
         super().__init__()
         from transformers import GPT2Config, GPT2LMHeadModel
 
         if layout_channels < 0:
             raise ValueError(f"layout_channels must be >= 0 (0 = no layout map), got {layout_channels}")
+        if layout_attention and not layout_channels:
+            raise ValueError("layout_attention reads the layout map: it needs layout_channels > 0")
 
         self.bos = num_codes  # one extra token starts every sequence
         gcfg = GPT2Config(
@@ -274,6 +282,30 @@ class CodePrior(ModelMixin, ConfigMixin):
             self.layout_proj = nn.Linear(layout_channels, n_embd)
             nn.init.zeros_(self.layout_proj.weight)
             nn.init.zeros_(self.layout_proj.bias)
+        self.layout_attn = None
+        if layout_attention:
+            self.layout_tok = nn.Linear(layout_channels, n_embd)
+            self.layout_pos = nn.Parameter(torch.randn(seq_len, n_embd) * 0.02)
+            self.layout_attn = nn.ModuleList(LayoutAttention(n_embd, n_head) for _ in range(n_layer))
+            for block, attn in zip(self.gpt.transformer.h, self.layout_attn):
+                # a bound method: deepcopy (EMA, export) rebinds it to the copy's own LayoutAttention
+                block.register_forward_hook(attn.after_block)
+
+    @contextlib.contextmanager
+    def reading(self, layout_seq: torch.Tensor | None):
+        """While inside, the blocks' layout attention reads `layout_seq` (B, L, C) (a no-op without it)."""
+        if self.layout_attn is None or layout_seq is None:
+            yield
+            return
+        w = self.layout_tok.weight
+        tokens = self.layout_tok(layout_seq.to(w.dtype)) + self.layout_pos.to(w.dtype)
+        for attn in self.layout_attn:
+            attn.ctx, attn.cache = tokens, {}
+        try:
+            yield
+        finally:
+            for attn in self.layout_attn:
+                attn.ctx = attn.cache = None
 
     def layout_sequence(self, layout: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) painted map on the code grid -> (B, h*w, C) in raster order, checked against this prior."""
@@ -303,19 +335,64 @@ class CodePrior(ModelMixin, ConfigMixin):
             # transformers 5.x renames the KV-cache argument and warns on every decoding step; the name used here
             # is still accepted throughout the supported range.
             warnings.simplefilter("ignore", FutureWarning)
-            inputs = {"input_ids": codes} if layout is None else {
-                "inputs_embeds": self.embed(codes, self.layout_sequence(layout))}  # fmt: skip
-            return self.gpt(
-                **inputs,
-                encoder_hidden_states=self.text_proj(words),
-                encoder_attention_mask=mask.long(),
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None or not self.training,
-            )
+            seq = None if layout is None else self.layout_sequence(layout)
+            inputs = {"input_ids": codes} if seq is None else {"inputs_embeds": self.embed(codes, seq)}
+            with self.reading(seq):
+                return self.gpt(
+                    **inputs,
+                    encoder_hidden_states=self.text_proj(words),
+                    encoder_attention_mask=mask.long(),
+                    past_key_values=past_key_values,
+                    use_cache=past_key_values is not None or not self.training,
+                )
 
     def loss(self, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, layout=None) -> torch.Tensor:
         """Next-code cross-entropy. indices (B, h, w) from the autoencoder."""
         return prior_loss(self, indices, words, mask, layout)
+
+
+class LayoutAttention(nn.Module):
+    """h + W_o attention(LN(h) -> the layout map's tokens), W_o zero at the start: a prior given this branch draws
+    as it did until training finds a use for the map (the gated cross-attention of Flamingo, ControlNet's zero
+    init). Queries are each position's; keys and values the map's cells, all of them (not causal: the map is known
+    before the first code)."""
+
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+        self.n_head = n_head
+        self.ln = nn.LayerNorm(n_embd)
+        self.ln_ctx = nn.LayerNorm(n_embd)
+        self.q = nn.Linear(n_embd, n_embd)
+        self.kv = nn.Linear(n_embd, 2 * n_embd)
+        self.out = nn.Linear(n_embd, n_embd)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.ctx = self.cache = None  # the map's tokens (B, L, D) and its keys/values while CodePrior.reading
+
+    def after_block(self, module, args, output):
+        """Forward hook on the GPT-2 block this branch follows (a no-op while no map is being read)."""
+        if self.ctx is None:
+            return output
+        if isinstance(output, tuple):  # transformers versions whose blocks return (hidden, ...)
+            return (self(output[0], self.ctx, self.cache),) + tuple(output[1:])
+        return self(output, self.ctx, self.cache)
+
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """h (B, n, D) the block's output; ctx (B, L, D) the map's tokens; cache: a dict kept while one map is read
+        (the keys and values are computed once, not at every decoding step)."""
+        B, n, D = h.shape
+        split = lambda x: x.view(B, x.shape[1], self.n_head, D // self.n_head).transpose(1, 2)  # noqa: E731
+        q = split(self.q(self.ln(h)))
+        kv = None if cache is None else cache.get("kv")
+        if kv is None:
+            kv = tuple(split(x) for x in self.kv(self.ln_ctx(ctx)).chunk(2, -1))
+            if cache is not None:
+                cache["kv"] = kv
+        k, v = kv
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, n, D)
+        return h + self.out(a)
 
 
 def prior_loss(prior, indices: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, layout=None) -> torch.Tensor:
@@ -373,18 +450,19 @@ def sample_codes(
     tok = torch.full((words.shape[0], 1), prior.bos, dtype=torch.long, device=words.device)
     past, out = None, []
     ctx = prior.text_proj(words)
-    for t in range(L):
-        o = prior.gpt(inputs_embeds=prior.embed(tok, lay, t), encoder_hidden_states=ctx,
-                      encoder_attention_mask=mask.long(), past_key_values=past, use_cache=True)  # fmt: skip
-        past = o.past_key_values
-        logits = o.logits[:, -1].float()  # (B or 2B, V)
-        if guided:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + guidance_scale * (cond - uncond)
-        logits = filter_logits(logits[:, : prior.bos], temperature, top_k, top_p)  # BOS is never sampled
-        nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).to(words.device)  # (B, 1)
-        out.append(nxt)
-        tok = torch.cat([nxt, nxt]) if guided else nxt
+    with prior.reading(lay):  # the map's keys and values once, for every step
+        for t in range(L):
+            o = prior.gpt(inputs_embeds=prior.embed(tok, lay, t), encoder_hidden_states=ctx,
+                          encoder_attention_mask=mask.long(), past_key_values=past, use_cache=True)  # fmt: skip
+            past = o.past_key_values
+            logits = o.logits[:, -1].float()  # (B or 2B, V)
+            if guided:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + guidance_scale * (cond - uncond)
+            logits = filter_logits(logits[:, : prior.bos], temperature, top_k, top_p)  # BOS is never sampled
+            nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).to(words.device)  # (B, 1)
+            out.append(nxt)
+            tok = torch.cat([nxt, nxt]) if guided else nxt
     return torch.cat(out, 1)  # (B, L)
 
 

@@ -264,7 +264,19 @@ def test_layout_net_in_front_of_a_trained_prior(tmp_path, text_encoder):
     moved = _run("vq_prior", tmp_path, text_encoder, lay + frozen, max_steps=1)
     x, y = _weights(trained / "export/layout_net"), _weights(moved / "export/layout_net")
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    # layout attention grown on a prior that reads only its cell: the branches start at zero and learn at their rate
+    grow = [f"train.init_from={trained}", "model.layout_attention=true", "model.layout_prior_lr=0.01"]
+    grown = _run("vq_prior", tmp_path, text_encoder, lay + grow)
+    w = _weights(grown / "export/prior")
+    assert float(w["layout_attn.0.out.weight"].float().abs().max()) > 0
+    pipe, again = load_pipeline(grown), load_pipeline(grown / "export")
+    for p in (pipe, again):
+        p.set_text_encoder(text_encoder)
+    assert pipe.prior.layout_attn is not None
+    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
     with pytest.raises(ValueError, match="has a layout net"):
         _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={run}"])
     with pytest.raises(ValueError, match="need the layout stage"):
         _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", "model.layout_contextual=true"])
+    with pytest.raises(ValueError, match="need the layout stage"):
+        _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", "model.layout_prior_lr=0.01"])

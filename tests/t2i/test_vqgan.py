@@ -201,19 +201,24 @@ def test_pipeline_text_layer_round_trip(tmp_path):
     assert VQGANPipeline.from_pretrained(tmp_path / "p").text_layer == -1
 
 
-def _layout_prior(cfg, channels=4):
+def _layout_prior(cfg, channels=4, attention=False, n_layer=1):
     torch.manual_seed(1)
-    prior = CodePrior(num_codes=cfg.num_codes, seq_len=cfg.code_size**2, text_dim=384, n_embd=32, n_layer=1, n_head=2,
-                      layout_channels=channels).eval()  # fmt: skip
-    torch.nn.init.normal_(prior.layout_proj.weight, std=1.0)  # a prior that reads its map (it starts at zero)
+    prior = CodePrior(num_codes=cfg.num_codes, seq_len=cfg.code_size**2, text_dim=384, n_embd=32, n_layer=n_layer,
+                      n_head=2, layout_channels=channels, layout_attention=attention).eval()  # fmt: skip
+    # a prior that reads its map (what reads it starts at zero)
+    torch.nn.init.normal_(prior.layout_proj.weight, std=0 if attention else 1.0)
+    for a in prior.layout_attn or ():
+        torch.nn.init.normal_(a.out.weight, std=1.0)
     return prior
 
 
-def test_layout_prior_cached_sampling_reads_the_cell_it_predicts(text_encoder):
+@pytest.mark.parametrize("attention", [False, True], ids=["cell", "attention"])
+def test_layout_prior_cached_sampling_reads_the_cell_it_predicts(text_encoder, attention):
     """The KV-cached sampler adds layout cell t to the input that predicts code t, as the full-sequence forward of
-    training does: greedy codes sampled with a map are the argmax of one forward over them with the same map."""
+    training does: greedy codes sampled with a map are the argmax of one forward over them with the same map. With
+    layout attention alone (the cell projection at zero) as well: the cached sampler reads the whole map."""
     cfg = tiny_cfg()
-    prior = _layout_prior(cfg)
+    prior = _layout_prior(cfg, attention=attention, n_layer=2 if attention else 1)
     side = cfg.code_size
     f = text_encoder.encode(["a red circle", "a blue star"])
     lay = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(3)) * 3
@@ -231,11 +236,12 @@ def test_layout_prior_cached_sampling_reads_the_cell_it_predicts(text_encoder):
         plain(torch.cat([bos, codes[:, :-1]], 1), f.words, f.mask, layout=lay)
 
 
-def test_layout_prior_guidance_branch_gets_an_empty_map(text_encoder):
+@pytest.mark.parametrize("attention", [False, True], ids=["cell", "attention"])
+def test_layout_prior_guidance_branch_gets_an_empty_map(text_encoder, attention):
     """uncond + s * (cond - uncond) with the unconditional branch on the empty caption AND an empty map: scale 0
     samples what the empty caption with a zero map samples, whatever the conditional map says."""
     cfg = tiny_cfg()
-    prior = _layout_prior(cfg)
+    prior = _layout_prior(cfg, attention=attention)
     side = cfg.code_size
     f, null = text_encoder.encode(["a red circle"]), text_encoder.encode([""])
     lay = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(3)) * 3
@@ -247,11 +253,12 @@ def test_layout_prior_guidance_branch_gets_an_empty_map(text_encoder):
     assert torch.equal(one, sample_codes(prior, f.words, f.mask, generator=g(), layout=lay))
 
 
-def test_layout_pipeline_round_trip_and_errors(tmp_path, text_encoder):
+@pytest.mark.parametrize("attention", [False, True], ids=["cell", "attention"])
+def test_layout_pipeline_round_trip_and_errors(tmp_path, text_encoder, attention):
     from t2i.models.diffusion import LayoutNet
 
     cfg = tiny_cfg()
-    prior = _layout_prior(cfg)
+    prior = _layout_prior(cfg, attention=attention)
     torch.manual_seed(2)
     net = LayoutNet(384, 4, 16, 1, contextual=True)
     pipe = VQGANPipeline(build_vqmodel(cfg), prior, layout_net=net, sampling={"guidance_scale": 2.0})
@@ -275,3 +282,55 @@ def test_layout_pipeline_round_trip_and_errors(tmp_path, text_encoder):
     plain = CodePrior(num_codes=cfg.num_codes, seq_len=side**2, text_dim=384, n_embd=32, n_layer=1, n_head=2)
     with pytest.raises(ValueError, match="needs its layout net"):
         VQGANPipeline(build_vqmodel(cfg), plain, layout_net=net)
+
+
+def test_layout_attention_starts_as_a_no_op_and_copies_read_their_own_map(text_encoder):
+    """Its output projection starts at zero: a prior given layout attention predicts what it did (so init_from a
+    trained prior keeps its samples). The branches hang on GPT-2's blocks as forward hooks; a deepcopy (the EMA,
+    an export) must read the map through its own copy of them, not the original's."""
+    import copy
+
+    from t2i.models.vqgan import LayoutAttention
+
+    cfg = tiny_cfg()
+    side = cfg.code_size
+    kw = dict(num_codes=cfg.num_codes, seq_len=side**2, text_dim=384, n_embd=32, n_layer=2, n_head=2)
+    kw["layout_channels"] = 4
+    torch.manual_seed(1)
+    cell = CodePrior(**kw).eval()
+    torch.nn.init.normal_(cell.layout_proj.weight, std=1.0)
+    attn = CodePrior(**kw, layout_attention=True).eval()
+    missing, unexpected = attn.load_state_dict(cell.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(CodePrior.new_parameters) for k in missing)
+    f = text_encoder.encode(["a red circle left of a blue star"])
+    lay = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(3))
+    codes = torch.randint(0, cfg.num_codes, (1, side**2), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits = lambda p, m: p(codes, f.words, f.mask, layout=m).logits  # noqa: E731
+        assert torch.allclose(logits(cell, lay), logits(attn, lay), atol=1e-6)
+        for a in attn.layout_attn:
+            torch.nn.init.normal_(a.out.weight, std=1.0)
+        before = logits(attn, lay)
+        twin = copy.deepcopy(attn)
+        for a in attn.layout_attn:  # the original's branches off: a copy still hooked to them would change
+            torch.nn.init.zeros_(a.out.weight)
+        assert torch.allclose(logits(twin, lay), before, atol=1e-5)
+        assert not torch.allclose(logits(attn, lay), before, atol=1e-3)
+        assert not torch.allclose(logits(twin, -lay), before, atol=1e-3)  # the copy reads the map it is given
+    # the branch is attention over the map: a naive per-query softmax gives the same output
+    torch.manual_seed(5)
+    la = LayoutAttention(8, 2)
+    torch.nn.init.normal_(la.out.weight)
+    h, ctx = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    q, (k, v) = la.q(la.ln(h)), la.kv(la.ln_ctx(ctx)).chunk(2, -1)
+    want = torch.empty_like(h)
+    for b in range(2):
+        heads = []
+        for i in range(2):
+            s = slice(4 * i, 4 * i + 4)
+            w = (q[b, :, s] @ k[b, :, s].T / 2.0).softmax(-1)
+            heads.append(w @ v[b, :, s])
+        want[b] = h[b] + la.out(torch.cat(heads, -1))
+    assert torch.allclose(la(h, ctx), want, atol=1e-5)
+    with pytest.raises(ValueError, match="needs layout_channels"):
+        CodePrior(**{**kw, "layout_channels": 0}, layout_attention=True)
