@@ -18,7 +18,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 CHECKPOINTS = Path(os.environ.get("MMGAN_CHECKPOINTS", REPO / "checkpoints"))
 FAMILIES = {"StackGAN": "stackgan", "AttnGAN": "attngan", "VQGAN": "vqgan", "Diffusion": "diffusion",
-            "Diffusion + layout": "diffusion_layout"}  # fmt: skip
+            "Diffusion + layout": "diffusion_layout", "VQGAN + layout": "vqgan_layout"}  # fmt: skip
 TEXTGAN = {"MLE (COCO captions)": "coco_mle", "SeqGAN (COCO captions)": "coco_seqgan",
            "MLE (oracle)": "oracle_mle", "SeqGAN (oracle)": "oracle_seqgan"}  # fmt: skip
 MAX_CAPTION_CHARS = 300

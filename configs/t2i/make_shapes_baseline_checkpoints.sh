@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the bundled baselines checkpoints/shapes64/{vqgan,diffusion,diffusion_layout} (#5): train the VQGAN
+# Rebuild the bundled baselines checkpoints/shapes64/{vqgan,diffusion,diffusion_layout,vqgan_layout} (#5): train the VQGAN
 # autoencoder (stage 1), then the text-conditioned code prior (stage 2) and the latent diffusion model on that
 # autoencoder's latents, then the diffusion model's layout-stage fine-tune, and copy the exports into checkpoints/.
 # `make baseline-checkpoints` runs this.
@@ -66,3 +66,11 @@ cp -r "$(run_of "$LOGS/diffusion_layout_bound.out")/export" "$OUT/diffusion_layo
 du -sh "$OUT/diffusion_layout"
 $PYTHON benchmarks/guidance_sweep.py "$OUT/diffusion_layout" --scales 2 3 5 8 --out "$LOGS/guidance_diffusion_layout" \
   --set-default
+# The same layout stage in front of the VQGAN prior (configs/t2i/shapes_vq_prior_layout_attention.yaml: the vqgan
+# bundle's prior attending over the painted map, diffusion_layout's LayoutNet), bundled beside it as vqgan_layout.
+$T2I train configs/t2i/shapes_vq_prior_layout_attention.yaml "model.autoencoder=$OUT/vqgan" \
+  "train.init_from=$OUT/vqgan" "model.layout_from=$OUT/diffusion_layout" --max-steps "${VQ_LAYOUT_STEPS:-2100}" \
+  --no-progress > "$LOGS/vqgan_layout.out"
+rm -rf "${OUT:?}/vqgan_layout"
+cp -r "$(run_of "$LOGS/vqgan_layout.out")/export" "$OUT/vqgan_layout"
+du -sh "$OUT/vqgan_layout"

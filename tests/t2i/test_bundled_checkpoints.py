@@ -49,7 +49,7 @@ def _tree_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("name", ["vqgan", "diffusion", "diffusion_layout"])
+@pytest.mark.parametrize("name", ["vqgan", "diffusion", "diffusion_layout", "vqgan_layout"])
 def test_bundled_baseline_is_small_safetensors_and_samples_deterministically(name, text_encoder):
     folder = ROOT / name
     assert folder.is_dir(), f"{folder} is missing (make baseline-checkpoints)"
@@ -63,6 +63,9 @@ def test_bundled_baseline_is_small_safetensors_and_samples_deterministically(nam
         pipe.set_progress_bar_config(disable=True)
         assert pipe.vqvae is not None  # latent diffusion: decodes through the bundled autoencoder
         assert (pipe.layout_net is not None) == (name == "diffusion_layout")
+    else:
+        assert (pipe.layout_net is not None) == (name == "vqgan_layout")
+        assert (pipe.prior.layout_attn is not None) == (name == "vqgan_layout")
     assert pipe.family == family and pipe.resolution == 64
     caps = ["a large red circle in the center"]
     kw = {"num_inference_steps": 4} if family == "diffusion" else {}
