@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,8 +330,6 @@ class CodePrior(ModelMixin, ConfigMixin):
                 layout: torch.Tensor | None = None):  # fmt: skip
         """codes (B, L) input tokens (BOS first); words (B, T, D_text); mask (B, T); layout (B, C, h, w) a painted
         map when the prior reads one -> GPT-2 output (logits)."""
-        import warnings
-
         with warnings.catch_warnings():
             # transformers 5.x renames the KV-cache argument and warns on every decoding step; the name used here
             # is still accepted throughout the supported range.
@@ -450,7 +449,8 @@ def sample_codes(
     tok = torch.full((words.shape[0], 1), prior.bos, dtype=torch.long, device=words.device)
     past, out = None, []
     ctx = prior.text_proj(words)
-    with prior.reading(lay):  # the map's keys and values once, for every step
+    with prior.reading(lay), warnings.catch_warnings():  # the map's keys and values once, for every step
+        warnings.simplefilter("ignore", FutureWarning)  # the KV-cache argument's rename, as in CodePrior.forward
         for t in range(L):
             o = prior.gpt(inputs_embeds=prior.embed(tok, lay, t), encoder_hidden_states=ctx,
                           encoder_attention_mask=mask.long(), past_key_values=past, use_cache=True)  # fmt: skip
