@@ -139,11 +139,15 @@ class _Base:
                              "(and layout_width, layout_layers) to its size")  # fmt: skip
 
     @staticmethod
-    def _layout_params(layout, lr: float) -> tuple[list, dict]:
+    def _split_params(module, prefixes: tuple) -> tuple[list, list]:
+        """(module's parameters whose names start with one of `prefixes`, the rest)."""
+        named = list(module.named_parameters())
+        return [p for n, p in named if n.startswith(prefixes)], [p for n, p in named if not n.startswith(prefixes)]
+
+    @classmethod
+    def _layout_params(cls, layout, lr: float) -> tuple[list, dict]:
         """(the painting projections, which learn with the main network; the predictor's param group at `lr`)."""
-        painting = ("proj.", "hproj.")
-        mine = [p for n, p in layout.named_parameters() if n.startswith(painting)]
-        own = [p for n, p in layout.named_parameters() if not n.startswith(painting)]
+        mine, own = cls._split_params(layout, ("proj.", "hproj."))
         return mine, {"params": own, "lr": lr}
 
     def _true_layout(self, f, captions, attributes, step: int, h: int, w: int, text_dropout: float):
@@ -521,8 +525,7 @@ class VQPriorFamily(_Base):
         channels = int(cfg.get("layout_channels", 0))
         needs = ("layout_contextual", "layout_text_dropout", "layout_from", "layout_prior_lr")
         if channels <= 0 and any(self.lay[k] for k in needs):
-            raise ValueError("layout_contextual / layout_text_dropout / layout_from / layout_prior_lr need the layout "
-                             "stage (model.layout_channels > 0)")  # fmt: skip
+            raise ValueError(f"{' / '.join(needs)} need the layout stage (model.layout_channels > 0)")
         vq = load_autoencoder(ae)
         self._codes = {}  # dataset index -> (h, w) code indices of its image
         self.autoencoder_path = str(ae)
@@ -551,10 +554,8 @@ class VQPriorFamily(_Base):
         groups = [{"params": list(prior.parameters())}]
         if self.lay["layout_prior_lr"] is not None:
             # the prior's map-reading parameters (zero at the start) at their own rate, the trained prior at lr_g
-            new = tuple(prior.new_parameters)
-            groups = [{"params": [q for n, q in prior.named_parameters() if not n.startswith(new)]},
-                      {"params": [q for n, q in prior.named_parameters() if n.startswith(new)],
-                       "lr": float(self.lay["layout_prior_lr"])}]  # fmt: skip
+            new, trained = self._split_params(prior, tuple(prior.new_parameters))
+            groups = [{"params": trained}, {"params": new, "lr": float(self.lay["layout_prior_lr"])}]
         if layout is not None:
             self.modules["layout_net"] = layout
             # The painting projections learn with the prior; the predictor at its own rate, as in DiffusionFamily.
