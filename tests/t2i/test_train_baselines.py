@@ -125,6 +125,18 @@ def test_latent_cache_equals_fresh_encoding(tmp_path, text_encoder):
     assert 0.2 < float(first.std()) < 5  # scaled towards unit variance
 
 
+def _run_and_export_agree(run, text_encoder):
+    """The run folder (its last checkpoint's EMA) and its export sample the same images for a fixed seed; -> the
+    run's pipeline."""
+    pipe, again = load_pipeline(run), load_pipeline(run / "export")
+    for p in (pipe, again):
+        p.set_text_encoder(text_encoder)
+        if hasattr(p, "set_progress_bar_config"):
+            p.set_progress_bar_config(disable=True)
+    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    return pipe
+
+
 def _weights(folder):
     from safetensors.torch import load_file
 
@@ -205,13 +217,7 @@ def test_layout_net_in_front_of_a_trained_unet(tmp_path, text_encoder):
     assert "layout" in (trained / "train.log").read_text()
     w = _weights(trained / "export/unet")["conv_in.weight"]
     assert float(w[:, -4:].abs().max()) > 0  # the UNet started to read the map
-    pipe = load_pipeline(trained)
-    pipe.set_text_encoder(text_encoder)
-    pipe.set_progress_bar_config(disable=True)
-    again = load_pipeline(trained / "export")
-    again.set_text_encoder(text_encoder)
-    again.set_progress_bar_config(disable=True)
-    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    _run_and_export_agree(trained, text_encoder)
     resumed = _run("diffusion", tmp_path, text_encoder, lay, max_steps=3, resume=str(trained))
     assert (resumed / "checkpoints/step-000003/layout_net.safetensors").is_file()
     with pytest.raises(ValueError, match="has a layout net"):
@@ -253,10 +259,7 @@ def test_layout_net_in_front_of_a_trained_prior(tmp_path, text_encoder):
     log = (trained / "train.log").read_text()
     assert "layout" in log and "ce" in log
     assert float(_weights(trained / "export/prior")["layout_proj.weight"].float().abs().max()) > 0
-    pipe, again = load_pipeline(trained), load_pipeline(trained / "export")
-    for p in (pipe, again):
-        p.set_text_encoder(text_encoder)
-    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    _run_and_export_agree(trained, text_encoder)
     resumed = _run("vq_prior", tmp_path, text_encoder, lay, max_steps=3, resume=str(trained))
     assert (resumed / "checkpoints/step-000003/layout_net.safetensors").is_file()
     # layout_from: the layout net's weights from another export (here the trained run's), the prior from init_from
@@ -269,11 +272,7 @@ def test_layout_net_in_front_of_a_trained_prior(tmp_path, text_encoder):
     grown = _run("vq_prior", tmp_path, text_encoder, lay + grow)
     w = _weights(grown / "export/prior")
     assert float(w["layout_attn.0.out.weight"].float().abs().max()) > 0
-    pipe, again = load_pipeline(grown), load_pipeline(grown / "export")
-    for p in (pipe, again):
-        p.set_text_encoder(text_encoder)
-    assert pipe.prior.layout_attn is not None
-    assert torch.equal(pipe(["a red circle"], 2, seed=1), again(["a red circle"], 2, seed=1))
+    assert _run_and_export_agree(grown, text_encoder).prior.layout_attn is not None
     with pytest.raises(ValueError, match="has a layout net"):
         _run("vq_prior", tmp_path, text_encoder, [f"model.autoencoder={ae}", f"train.init_from={run}"])
     with pytest.raises(ValueError, match="need the layout stage"):
