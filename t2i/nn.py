@@ -134,6 +134,7 @@ class StageDiscriminator(nn.Module):
                  sentence_norm: bool = False, projection: bool = False, contrastive_dim: int = 0):  # fmt: skip
         super().__init__()
         self.sentence_norm = sentence_norm
+        self.resolution = resolution
         n_down = resolution.bit_length() - 1 - 2  # log2(R) - 2 halvings: R -> 4
         if 2 ** (n_down + 2) != resolution or n_down < 1:
             raise ValueError(f"discriminator resolution must be a power of two >= 8, got {resolution}")
@@ -178,3 +179,92 @@ class StageDiscriminator(nn.Module):
         if self.sentence_norm and not normed:
             sentence = F.layer_norm(sentence, sentence.shape[-1:])
         return F.normalize(self.c_txt(sentence).float(), dim=-1)
+
+
+class LayoutInject(nn.Module):
+    """h + conv3x3(the painted layout map, area-resized to h's grid): how a GAN generator reads a layout (the map of
+    t2i.models.diffusion.LayoutNet.paint). The convolution starts at zero, so a generator grown from one without a
+    layout draws what it drew until the map earns a say."""
+
+    def __init__(self, map_channels: int, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(map_channels, channels, 3, 1, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, h: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
+        if layout is None:
+            return h
+        return h + self.conv(resize_map(layout, h.shape[-1]).to(h.dtype))
+
+
+def resize_map(layout: torch.Tensor, size: int) -> torch.Tensor:
+    """A (B, C, R, R) layout map on a size x size grid (area averaging down, nearest up)."""
+    if layout.shape[-1] == size:
+        return layout
+    mode = "area" if layout.shape[-1] > size else "nearest"
+    return F.interpolate(layout, size=(size, size), mode=mode)
+
+
+class LayoutPatchD(nn.Module):
+    """pix2pix's conditional PatchGAN over [image, layout map]: one logit per patch of an 8 x 8 grid (4 x 4 below
+    32 x 32), saying whether this part of the image draws what the map puts there. It sits beside the stage's
+    sentence discriminator (whose image code, read also by the contrastive heads, must not see the map: the map is a
+    function of the caption, so the contrastive match would be read off it instead of off the image)."""
+
+    def __init__(self, resolution: int, map_channels: int, ndf: int = 32):
+        super().__init__()
+        grid = 8 if resolution >= 32 else 4
+        n_down = (resolution // grid).bit_length() - 1
+        if grid << n_down != resolution or n_down < 1:
+            raise ValueError(f"layout discriminator resolution must be a power of two >= 8, got {resolution}")
+        chans = [min(ndf * 2**i, ndf * 8) for i in range(n_down)]
+        layers = [down_block(3 + map_channels, chans[0], norm=False)]
+        layers += [down_block(chans[i - 1], chans[i], norm=False) for i in range(1, n_down)]
+        self.encode = nn.Sequential(*layers)
+        self.logit = nn.Conv2d(chans[-1], 1, 3, 1, 1)
+
+    def forward(self, image: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) images, (B, C, R', R') maps -> (B, P) patch logits."""
+        x = torch.cat([image, resize_map(layout, image.shape[-1]).to(image.dtype)], dim=1)
+        return self.logit(self.encode(x)).flatten(1)
+
+
+def crop_boxes(images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor, size: int,
+               margin: float = 0.1) -> torch.Tensor:  # fmt: skip
+    """(B, 3, R, R) images, (N,) image rows, (N, 4) boxes (x0, y0, x1, y1 in [0, 1]) -> (N, 3, size, size) crops of
+    each box grown by `margin` of its side on every side, bilinearly resampled (differentiable in the images)."""
+    b = boxes.float()
+    cx, cy = (b[:, 0] + b[:, 2]) - 1, (b[:, 1] + b[:, 3]) - 1  # centres in [-1, 1]
+    sx, sy = (b[:, 2] - b[:, 0]) * (1 + 2 * margin), (b[:, 3] - b[:, 1]) * (1 + 2 * margin)  # half-sides x 2 / 2
+    theta = torch.zeros(len(b), 2, 3, device=b.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
+    grid = F.affine_grid(theta, (len(b), 3, size, size), align_corners=False)
+    return F.grid_sample(images[rows].float(), grid, align_corners=False, padding_mode="border").to(images.dtype)
+
+
+class ObjectD(nn.Module):
+    """Obj-GAN's object-wise discriminator: a crop of one object's box and the word features that name it (its
+    colour and shape words, averaged) -> one logit, unconditional + a projection term <embed(words), code>. Matching-
+    aware like the stage discriminators: a real crop with its own object's words is real, with another object's words
+    or a generated crop is fake. The stage discriminators judge whole images against whole captions; this one asks,
+    for every object, "is this a <colour> <shape>?", where the GANs' drawings fail (blobs for shapes)."""
+
+    def __init__(self, text_dim: int, ndf: int = 32, size: int = 32):
+        super().__init__()
+        n_down = (size // 4).bit_length() - 1
+        if 4 << n_down != size or n_down < 1:
+            raise ValueError(f"object crop size must be a power of two >= 8, got {size}")
+        chans = [min(ndf * 2**i, ndf * 8) for i in range(n_down)]
+        layers = [down_block(3, chans[0], norm=False)]
+        layers += [down_block(chans[i - 1], chans[i], norm=False) for i in range(1, n_down)]
+        self.encode = nn.Sequential(*layers)  # (N, 3, size, size) -> (N, C, 4, 4)
+        self.size = size
+        self.uncond = nn.Linear(chans[-1] * 16, 1)
+        self.embed = nn.Linear(text_dim, chans[-1] * 16)
+
+    def forward(self, crops: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """(N, 3, size, size) crops, (N, D) object word features -> (N,) logits."""
+        code = self.encode(crops).flatten(1)
+        w = F.layer_norm(words.to(code.dtype), words.shape[-1:])
+        return self.uncond(code).flatten() + (self.embed(w) * code).sum(1) / code.shape[1] ** 0.5

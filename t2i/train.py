@@ -72,6 +72,13 @@ class TrainConfig:
     # XMC-GAN's image-image term, with D's image head as the encoder: G's image and the real image of its caption are
     # the positive pair, the batch's other real images the negatives (G phase only; needs contrastive_weight > 0)
     contrastive_image_weight: float = 0.0
+    # A generator with a layout stage (model.layout_channels > 0) is also judged by a conditional PatchGAN over
+    # [image, painted map] per stage (t2i.nn.LayoutPatchD): the weight of its terms in D's and G's losses
+    layout_d_weight: float = 1.0
+    # ... and by Obj-GAN's object-wise discriminator (t2i.nn.ObjectD) on a crop of every object's box against the words
+    # that name it (0: off; needs the layout stage)
+    object_d_weight: float = 0.0
+    object_crop: int = 32  # the crops' size in pixels
     d_interval: int = 1  # run the D phase every N steps
     g_interval: int = 1
     ema_decay: float = 0.999
@@ -288,13 +295,31 @@ class GANFamily:
                 raise ValueError("model.word_pool reads the words of every caption D sees; near-miss captions "
                                  "(train.mismatch near_miss/mixed, train.contrastive_near_miss) are not supported "
                                  "with it: use train.mismatch=batch and train.contrastive_mirror")  # fmt: skip
-        self.modules = {"G": G, "D": MultiStageD(D, pool)}
+        layout_d = None
+        if self.cfg.layout_channels > 0:
+            from t2i.nn import LayoutPatchD
+
+            layout_d = torch.nn.ModuleList(LayoutPatchD(r, self.cfg.layout_channels, self.cfg.ndf)
+                                           for r in (d.resolution for d in D))  # fmt: skip
+        object_d = None
+        if tcfg.object_d_weight > 0:
+            if layout_d is None:
+                raise ValueError("train.object_d_weight > 0 needs the layout stage (model.layout_channels > 0)")
+            from t2i.nn import ObjectD
+
+            object_d = ObjectD(self.cfg.text_dim, self.cfg.ndf, tcfg.object_crop)
+        self.modules = {"G": G, "D": MultiStageD(D, pool, layout_d, object_d)}
         self.optimizers = {
             "G": torch.optim.Adam(G.trainable_parameters(), lr=tcfg.lr_g, betas=tuple(tcfg.betas)),
             "D": torch.optim.Adam(self.modules["D"].parameters(), lr=tcfg.lr_d, betas=tuple(tcfg.betas)),
         }
         if tcfg.init_from:
             self._init_generator(G, tcfg.init_from)
+        self._grounding_cache: dict = {}
+        if G.layout_net is not None:
+            self._init_layout_net(G, tcfg.init_from)
+        elif self.cfg.layout_from:
+            raise ValueError("model.layout_from needs the layout stage (model.layout_channels > 0)")
         self.ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(tcfg.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.damsm = None
@@ -308,19 +333,74 @@ class GANFamily:
         ]
 
     def _init_generator(self, G, path):
-        """Copy an exported generator of the same family and architecture into G (D starts fresh)."""
+        """Copy an exported generator of the same family and architecture into G (D starts fresh). A generator
+        without a layout stage goes into a recipe with one: the layout stage's weights are new (the injections start
+        at zero, the LayoutNet comes from model.layout_from)."""
         from t2i.pipelines import resolve_checkpoint
 
         src = resolve_checkpoint(path)
         cfg = json.loads((src / "config.json").read_text())
         mine = json.loads(json.dumps(dataclasses.asdict(self.cfg)))
-        diff = sorted(k for k in mine if k not in ("damsm_checkpoint", "stage1_checkpoint", "train_stage", "ca_noise")
-                      and k in cfg.get("model", {}) and cfg["model"][k] != mine[k])  # fmt: skip
+        skip = ("damsm_checkpoint", "stage1_checkpoint", "train_stage", "ca_noise", "layout_from")
+        theirs = cfg.get("model", {})
+        grown = not theirs.get("layout_channels", 0) and mine["layout_channels"] > 0  # a layout stage added
+        skip += tuple(k for k in mine if k.startswith("layout_")) if grown else ()
+        diff = sorted(k for k in mine if k not in skip and k in theirs and theirs[k] != mine[k])
         if cfg.get("family") != self.family or diff:
             raise ValueError(f"train.init_from={path}: a {cfg.get('family')} generator whose model differs from "
                              f"this recipe's {self.family} in {diff or 'family'}")  # fmt: skip
         state = load_file(str(src / "generator.safetensors"))
-        G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        missing, unexpected = G.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                                 for k, v in state.items()}, strict=False)  # fmt: skip
+        if grown:
+            missing = [k for k in missing if not (k.startswith("layout_net.") or ".lay." in k)]
+        if missing or unexpected:
+            raise ValueError(f"train.init_from={path}: its generator weights do not fit this recipe's (missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]})")  # fmt: skip
+        self._grown_layout = grown
+
+    def _init_layout_net(self, G, init_from):
+        """The layout stage's LayoutNet: model.layout_from's (an export with a layout_net/ folder, such as the
+        diffusion_layout bundle), else the one init_from's generator holds. Its box predictor stays frozen."""
+        from t2i.models.diffusion import LayoutNet
+        from t2i.pipelines import resolve_checkpoint
+
+        src = self.cfg.layout_from
+        if src:
+            root = Path(src)
+            if not (root / "layout_net").is_dir() and root.is_dir():
+                try:
+                    root = resolve_checkpoint(src)  # a run folder: its export
+                except FileNotFoundError:
+                    pass
+            folder = root / "layout_net"
+            if not (folder / "config.json").is_file():
+                raise ValueError(f"model.layout_from={src}: no layout_net/ folder there (a layout export?)")
+            net = LayoutNet.from_pretrained(folder)
+            theirs = {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+            mine = {k: v for k, v in dict(G.layout_net.config).items() if not k.startswith("_")}
+            if theirs != mine:
+                diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+                raise ValueError(
+                    f"model.layout_from={src}: its LayoutNet differs from this recipe's in {diff} "
+                    "(set model.layout_channels / layout_width / layout_layers / layout_contextual)"
+                )
+            G.layout_net.load_state_dict(net.state_dict())
+        elif not init_from or getattr(self, "_grown_layout", False):
+            raise ValueError(
+                "model.layout_channels > 0 needs a trained LayoutNet: set model.layout_from (e.g. "
+                "checkpoints/shapes64/diffusion_layout) or train.init_from a generator with a layout stage"
+            )
+        mine = {id(q) for q in G.trainable_parameters()}  # the painting projections learn with G
+        for q in G.layout_net.parameters():
+            q.requires_grad_(id(q) in mine)
+
+    def frozen_parameters(self) -> list:
+        """G's parameters that stay fixed while G trains (not in its optimizer): a frozen stage I (train_stage
+        stage2), a layout stage's box predictor."""
+        G = self.acc.unwrap_model(self.p["G"])
+        mine = {id(q) for q in G.trainable_parameters()}
+        return [q for q in G.parameters() if id(q) not in mine]
 
     def _load_stage1(self, G):
         p = self.cfg.stage1_checkpoint
@@ -348,10 +428,55 @@ class GANFamily:
         g = step_generator(self.t.seed, step, self.acc.process_index, salt)
         return torch.randn(B, self.cfg.z_dim, generator=g).to(self.acc.device), g
 
-    def _g_forward(self, G, batch, f, step, salt):
+    def _g_forward(self, G, batch, f, step, salt, layout=None):
         z, g = self._noise(f.sentence.shape[0], step, salt)
         ca_gen = torch.Generator(device=self.acc.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        return G(z, f.sentence, f.words, f.mask, generator=ca_gen)
+        return G(z, f.sentence, f.words, f.mask, generator=ca_gen, layout=layout)
+
+    def _objects(self, batch, f):
+        """The batch's objects for the object discriminator: (image rows (N,), boxes (N, 4), the mean word feature of
+        the tokens that name each (N, D)), from the same grounding as the layout map; or None when it is off (or no
+        object is named)."""
+        if self.t.object_d_weight <= 0:
+            return None
+        from t2i.models.diffusion import grounding_targets
+
+        boxes, valid = grounding_targets(self.encoder.tokenizer, batch["captions"], batch["attributes"],
+                                         f.words.shape[1], self.encoder.max_length, self._grounding_cache)  # fmt: skip
+        rows, out, words = [], [], []
+        for b in range(len(boxes)):
+            seen: dict = {}
+            for t in valid[b].nonzero().flatten().tolist():
+                seen.setdefault(tuple(boxes[b, t].tolist()), []).append(t)
+            for box, toks in seen.items():
+                rows.append(b)
+                out.append(box)
+                words.append(f.words[b, toks].float().mean(0))
+        if not rows:
+            return None
+        dev = f.words.device
+        return torch.tensor(rows, device=dev), torch.tensor(out, device=dev), torch.stack(words)
+
+    def _true_layout(self, G, batch, f):
+        """The scenes' true boxes painted by G's LayoutNet at G's resolution (through its painting projections, so
+        G's loss trains them; the frozen predictor only gives its state at each word), or None without a layout
+        stage."""
+        if G.layout_net is None:
+            return None
+        from t2i.models.diffusion import grounding_targets
+
+        if any(a is None for a in batch["attributes"]):
+            raise ValueError("a generator with a layout stage trains on the scenes' object boxes: this dataset has no "
+                             "per-image attributes (the Shapes dataset has)")  # fmt: skip
+        boxes, valid = grounding_targets(self.encoder.tokenizer, batch["captions"], batch["attributes"],
+                                         f.words.shape[1], self.encoder.max_length, self._grounding_cache)  # fmt: skip
+        boxes, valid = boxes.to(f.words.device), valid.to(f.words.device)
+        state = None
+        if G.layout_net.hproj is not None:
+            with torch.no_grad():
+                state = G.layout_net.predict_with_state(f.words, f.mask)[2]
+        r = self.cfg.resolution
+        return G.layout_net.paint(f.words, boxes, valid.float(), r, r, state=state)
 
     def _near_miss_sentences(self, batch, step, rows: list[int] | None = None) -> torch.Tensor:
         """(B, D) sentence features of captions that get exactly one thing about each image wrong (train.mismatch=
@@ -410,8 +535,10 @@ class GANFamily:
         f, mis, same = self._features(batch)
         real = batch["image"].to(self.acc.device)
         B = real.shape[0]
+        G = self.acc.unwrap_model(self.p["G"])
         with torch.no_grad():
-            fake = self._g_forward(self.acc.unwrap_model(self.p["G"]), batch, f, step, 0).images
+            lay = self._true_layout(G, batch, f)
+            fake = self._g_forward(G, batch, f, step, 0, lay).images
         n_d = self.p["D"].module.n if hasattr(self.p["D"], "module") else self.p["D"].n
         fake = fake[len(fake) - n_d :]
         from t2i.models.stackgan import downsample_to
@@ -443,8 +570,22 @@ class GANFamily:
         con = self.t.contrastive_weight > 0
         hard, hard_rows = self._contrastive_near_misses(batch, step)
         hard = self._hard_text(hard, Dm)
-        outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
         out = {"d_adv": 0.0, "d_gp": 0.0} | ({"d_con": 0.0} if con else {})
+        if lay is None:
+            outs = self.p["D"](imgs, sents, con)  # [(cond (3B,), uncond (3B,) | None[, (img emb, text emb) (3B, E)])]
+        else:  # the layout PatchGANs: [real, real, fake] on [true map, another image's map, true map]
+            objs = self._objects(batch, f)
+            if objs is None:
+                outs, patches = self.p["D"](imgs, sents, con, torch.cat([lay, lay[mis], lay]))
+            else:  # the objects of [real, real, fake]: the middle third paired with the next object's words
+                rows, boxes, words = objs
+                tri = (torch.cat([rows, rows + B, rows + 2 * B]), boxes.repeat(3, 1),
+                       torch.cat([words, words.roll(1, 0), words]))  # fmt: skip
+                outs, patches, ol = self.p["D"](imgs, sents, con, torch.cat([lay, lay[mis], lay]), tri)
+                n = len(rows)
+                out["d_object"] = L.matching_aware_d_loss(self.t.gan_loss, ol[:n], ol[n : 2 * n], ol[2 * n :])
+            out["d_layout"] = sum(L.matching_aware_d_loss(self.t.gan_loss, p[:B].flatten(), p[B : 2 * B].flatten(),
+                                                          p[2 * B :].flatten()) for p in patches)  # fmt: skip
         stages = Dm.stages
         for (cond, uncond, *emb), (r, s), stage in zip(outs, leaves, stages):
             if con:  # real images against their own captions (rows :B hold real/matching)
@@ -462,16 +603,28 @@ class GANFamily:
                 norm = torch.sqrt(gi.flatten(1).pow(2).sum(1) + gs.pow(2).sum(1) + 1e-12)
                 out["d_gp"] = out["d_gp"] + self.t.ma_gp_weight * norm.pow(self.t.ma_gp_power).mean()
         out["loss"] = out["d_adv"] + out["d_gp"] + (self.t.contrastive_weight * out["d_con"] if con else 0.0)
+        if lay is not None:
+            out["loss"] = out["loss"] + self.t.layout_d_weight * out["d_layout"]
+        if "d_object" in out:
+            out["loss"] = out["loss"] + self.t.object_d_weight * out["d_object"]
         return out
 
     def g_step(self, batch, step):
         f, _, same = self._features(batch)
-        o = self._g_forward(self.p["G"], batch, f, step, 1)
+        lay = self._true_layout(self.acc.unwrap_model(self.p["G"]), batch, f)
+        o = self._g_forward(self.p["G"], batch, f, step, 1, lay)
         D = self.acc.unwrap_model(self.p["D"])
         imgs = o.images[len(o.images) - D.n :]
         con = self.t.contrastive_weight > 0
         text = D.text(f.sentence, f.words, f.mask)
-        outs = D(imgs, [text] * len(imgs), con)
+        patches, ol = [], None
+        objs = self._objects(batch, f) if lay is not None else None
+        if lay is None:
+            outs = D(imgs, [text] * len(imgs), con)
+        elif objs is None:  # D judges the image against the map as a given: G's loss does not repaint the map
+            outs, patches = D(imgs, [text] * len(imgs), con, lay.detach())
+        else:
+            outs, patches, ol = D(imgs, [text] * len(imgs), con, lay.detach(), objs)
         hard, hard_rows = self._contrastive_near_misses(batch, step)
         hard = self._hard_text(hard, D)
         adv, g_con = 0.0, 0.0
@@ -484,6 +637,12 @@ class GANFamily:
                 adv = adv + self.t.uncond_weight * L.g_adv_loss(self.t.gan_loss, uncond)
         kl = sum(L.kl_loss(m, lv) for m, lv in zip(o.mu, o.logvar))
         out = {"g_adv": adv, "g_kl": kl, "loss": adv + self.t.kl_weight * kl}
+        if patches:
+            out["g_layout"] = sum(L.g_adv_loss(self.t.gan_loss, p.flatten()) for p in patches)
+            out["loss"] = out["loss"] + self.t.layout_d_weight * out["g_layout"]
+        if ol is not None:
+            out["g_object"] = L.g_adv_loss(self.t.gan_loss, ol)
+            out["loss"] = out["loss"] + self.t.object_d_weight * out["g_object"]
         if con:
             out["g_con"] = g_con
             out["loss"] = out["loss"] + self.t.contrastive_weight * g_con
@@ -567,17 +726,36 @@ class MultiStageD(torch.nn.Module):
     """The per-stage discriminators as one module (one DDP forward per phase): lists in, lists out. With a WordPool
     (model.word_pool), `text()` turns (sentence, words, mask) into the sentence vector every stage reads."""
 
-    def __init__(self, stages: torch.nn.ModuleList, pool: torch.nn.Module | None = None):
+    def __init__(self, stages: torch.nn.ModuleList, pool: torch.nn.Module | None = None,
+                 layout: torch.nn.ModuleList | None = None, objects: torch.nn.Module | None = None):  # fmt: skip
         super().__init__()
         self.stages = stages
         self.n = len(stages)
         self.pool = pool
+        self.layout = layout  # one t2i.nn.LayoutPatchD per stage (a generator with a layout stage)
+        self.objects = objects  # a t2i.nn.ObjectD on the last stage's images
 
     def text(self, sentence, words, mask):
         return sentence if self.pool is None else self.pool(sentence, words, mask)
 
-    def forward(self, images: list, sentences: list, contrastive: bool = False):
-        return [d(x, s, contrastive) for d, x, s in zip(self.stages, images, sentences)]
+    def forward(self, images: list, sentences: list, contrastive: bool = False, layout: torch.Tensor | None = None,
+                objects: tuple | None = None):  # fmt: skip
+        """-> per stage (cond, uncond[, embeddings]); with `layout` (B, C, R, R), also the layout PatchGANs' patch
+        logits per stage: (that list, [(B, P)]); with `objects` (rows (N,), boxes (N, 4), words (N, D)) as well, the
+        object discriminator's logits on the last stage's images: (that list, [(B, P)], (N,))."""
+        outs = [d(x, s, contrastive) for d, x, s in zip(self.stages, images, sentences)]
+        if layout is None:
+            return outs
+        if self.layout is None:
+            raise ValueError("this discriminator has no layout PatchGANs (the generator has no layout stage)")
+        patches = [d(x, layout) for d, x in zip(self.layout, images)]
+        if objects is None:
+            return outs, patches
+        from t2i.nn import crop_boxes
+
+        rows, boxes, words = objects
+        crops = crop_boxes(images[-1], rows, boxes, self.objects.size)
+        return outs, patches, self.objects(crops, words)
 
 
 def load_damsm(path):
@@ -961,8 +1139,8 @@ def train(recipe: dict, resume: str | None = None, max_steps: int | None = None,
                     # Update D. / Update G.: only this phase's modules take gradients.
                     for n, m in p.items():
                         acc.unwrap_model(m).requires_grad_(n in ph.trains)
-                    if family == "stackgan" and fam.cfg.train_stage == "stage2":
-                        acc.unwrap_model(p["G"]).stage1.requires_grad_(False)
+                    for q in getattr(fam, "frozen_parameters", list)():  # parts of a trained module kept fixed
+                        q.requires_grad_(False)
                     opt = fam.optimizers[ph.optimizer]
                     with acc.autocast():
                         out = ph.fn(batch, step)

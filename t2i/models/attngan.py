@@ -17,12 +17,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from t2i.losses import damsm_sentence_loss, damsm_word_loss
-from t2i.models.stackgan import GenOutput, build_discriminators
+from t2i.models.stackgan import (
+    GenOutput,
+    LayoutFields,
+    build_discriminators,
+    build_layout_net,
+    generator_layout,
+    generator_trainable,
+    inject,
+    layout_injections,
+)
 from t2i.nn import ConditioningAugmentation, ResBlock, UpBlock, WordPool, down_block, image_head
 
 
 @dataclass
-class AttnGANConfig:
+class AttnGANConfig(LayoutFields):
     """Generator/discriminator sizes (defaults: CPU-sized, 32 -> 64 on 64x64 Shapes)."""
 
     stages: list = field(default_factory=lambda: [32, 64])  # resolution of each stage; each doubles the previous
@@ -100,11 +109,12 @@ class InitStage(nn.Module):
         cond = cfg.cond_dim if cfg.cond_affine else 0
         self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1], cond) for i in range(n_up))
         self.c0 = c0
+        self.lay = layout_injections(cfg, chans)  # at 4x4 and after every up-block
 
-    def forward(self, z, c):
-        h = self.fc(torch.cat([z, c], dim=1)).view(z.shape[0], self.c0, 4, 4)
-        for up in self.ups:
-            h = up(h, c)
+    def forward(self, z, c, layout=None):
+        h = inject(self.lay, 0, self.fc(torch.cat([z, c], dim=1)).view(z.shape[0], self.c0, 4, 4), layout)
+        for i, up in enumerate(self.ups):
+            h = inject(self.lay, i + 1, up(h, c), layout)
         return h  # (B, ngf, R0, R0)
 
 
@@ -125,8 +135,9 @@ class RefineStage(nn.Module):
         lift_in = [chans[k] * 2] + [chans[i] for i in range(k - 1, 0, -1)]
         self.lift = nn.ModuleList(UpBlock(c_in, chans[k - 1 - j], cond) for j, c_in in enumerate(lift_in[:k]))
         self.up = UpBlock(g * 2, g, cond)
+        self.lay = layout_injections(cfg, [g])  # after the up-block
 
-    def forward(self, h, c, words, mask):
+    def forward(self, h, c, words, mask, layout=None):
         x = h
         for block in self.down:
             x = block(x)
@@ -138,7 +149,7 @@ class RefineStage(nn.Module):
             for up in self.lift:
                 x = up(x, c)
             x = torch.cat([h, x], dim=1)  # (B, 2ngf, H, W)
-        return self.up(x, c), attn
+        return inject(self.lay, 0, self.up(x, c), layout), attn
 
 
 class AttnGANGenerator(nn.Module):
@@ -153,24 +164,26 @@ class AttnGANGenerator(nn.Module):
         self.heads = nn.ModuleList(image_head(cfg.ngf) for _ in cfg.stages)
         self.num_ca = 1
         self.pool = WordPool(cfg.text_dim) if cfg.word_pool else None
+        self.layout_net = build_layout_net(cfg)
 
-    def forward(self, z, sentence, words, mask, generator=None, ca_eps=None) -> GenOutput:
+    def forward(self, z, sentence, words, mask, generator=None, ca_eps=None, layout=None) -> GenOutput:
         """z (B, z_dim), sentence (B, D), words (B, T, D), mask (B, T) -> GenOutput (images per stage, attention).
 
-        ca_eps: optional [(B, cond_dim)] CA noise; else drawn from `generator`."""
+        ca_eps: optional [(B, cond_dim)] CA noise; else drawn from `generator`. layout: as in StackGANGenerator."""
+        layout = generator_layout(self, words, mask, layout)
         if self.pool is not None:
             sentence = self.pool(sentence, words, mask)
         c, mu, logvar = self.ca(sentence, generator, ca_eps[0] if ca_eps else None)
-        h = self.init(z, c)
+        h = self.init(z, c, layout)
         images, maps = [self.heads[0](h)], []
         for stage, head in zip(self.refine, self.heads[1:]):
-            h, attn = stage(h, c, words, mask)
+            h, attn = stage(h, c, words, mask, layout)
             images.append(head(h))
             maps.append(attn)
         return GenOutput(images, [mu], [logvar], maps)
 
     def trainable_parameters(self):
-        return list(self.parameters())
+        return generator_trainable(self)
 
 
 def build_attngan(cfg: AttnGANConfig, contrastive_dim: int = 0):

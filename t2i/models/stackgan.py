@@ -16,11 +16,64 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from t2i.nn import ConditioningAugmentation, ResBlock, StageDiscriminator, UpBlock, WordPool, image_head
+from t2i.nn import ConditioningAugmentation, LayoutInject, ResBlock, StageDiscriminator, UpBlock, WordPool, image_head
 
 
 @dataclass
-class StackGANConfig:
+class LayoutFields:
+    """The layout stage of a GAN generator (Obj-GAN-like; off by default): a LayoutNet (t2i.models.diffusion) gives
+    each object word of the caption a box, its words are painted over their boxes into a `layout_channels` map, and
+    every block of the generator adds a zero-initialised convolution of that map (t2i.nn.LayoutInject). Training
+    paints the scenes' true boxes; sampling paints the predicted ones."""
+
+    layout_channels: int = 0  # 0: no layout stage
+    layout_width: int = 128  # the LayoutNet's size (must match train.layout_from's)
+    layout_layers: int = 3
+    layout_contextual: bool = False
+    layout_from: str | None = None  # an export with a trained layout_net/ (e.g. checkpoints/shapes64/diffusion_layout)
+
+
+def build_layout_net(cfg: LayoutFields):
+    """The generator's LayoutNet, or None without a layout stage."""
+    if cfg.layout_channels <= 0:
+        return None
+    from t2i.models.diffusion import LayoutNet
+
+    return LayoutNet(cfg.text_dim, cfg.layout_channels, cfg.layout_width, cfg.layout_layers,
+                     contextual=cfg.layout_contextual)  # fmt: skip
+
+
+def layout_injections(cfg: LayoutFields, channels: list[int]) -> nn.ModuleList | None:
+    """One LayoutInject per block output of the given widths, or None without a layout stage."""
+    if cfg.layout_channels <= 0:
+        return None
+    return nn.ModuleList(LayoutInject(cfg.layout_channels, c) for c in channels)
+
+
+def inject(injections, i: int, h: torch.Tensor, layout) -> torch.Tensor:
+    return h if injections is None else injections[i](h, layout)
+
+
+def generator_layout(G, words, mask, layout):
+    """The map a generator reads: the one given (training: the true boxes), else the LayoutNet's prediction painted
+    at the final resolution, else None (no layout stage)."""
+    if layout is not None or G.layout_net is None:
+        return layout
+    if words is None or mask is None:
+        raise ValueError("a generator with a layout stage needs the word features and mask to predict the layout")
+    r = G.cfg.resolution
+    return G.layout_net.layout(words, mask, r, r)
+
+
+def generator_trainable(G) -> list:
+    """G's parameters without its LayoutNet's box predictor (trained already and frozen: layout_from); the painting
+    projections learn with the generator."""
+    keep = ("layout_net.proj.", "layout_net.hproj.")
+    return [p for n, p in G.named_parameters() if not n.startswith("layout_net.") or n.startswith(keep)]
+
+
+@dataclass
+class StackGANConfig(LayoutFields):
     """Architecture of both stages (defaults: CPU-sized for 64x64 Shapes, stage I at 32x32)."""
 
     resolution: int = 64  # final image size
@@ -88,12 +141,14 @@ class Stage1Generator(nn.Module):
         self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1], cond) for i in range(n_up))
         self.head = image_head(chans[-1])
         self.c0 = c0
+        self.lay = layout_injections(cfg, chans)  # at 4x4 and after every up-block
 
-    def forward(self, z, sentence, generator=None, eps=None):
+    def forward(self, z, sentence, generator=None, eps=None, layout=None):
         c, mu, logvar = self.ca(sentence, generator, eps)
         h = self.fc(torch.cat([z, c], dim=1)).view(z.shape[0], self.c0, 4, 4)  # (B, 8ngf, 4, 4)
-        for up in self.ups:
-            h = up(h, c)
+        h = inject(self.lay, 0, h, layout)
+        for i, up in enumerate(self.ups):
+            h = inject(self.lay, i + 1, up(h, c), layout)
         return self.head(h), mu, logvar
 
 
@@ -122,16 +177,17 @@ class Stage2Generator(nn.Module):
         chans = [max(g * 4 // 2**i, 8) for i in range(n_up + 1)]
         self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1], cond) for i in range(n_up))
         self.head = image_head(chans[-1])
+        self.lay = layout_injections(cfg, chans)  # after the joint conv and after every up-block
 
-    def forward(self, image1, sentence, generator=None, eps=None):
+    def forward(self, image1, sentence, generator=None, eps=None, layout=None):
         c, mu, logvar = self.ca(sentence, generator, eps)
         h = self.encode(image1)  # (B, 4ngf, R1/4, R1/4)
         cmap = c[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
-        h = self.joint(torch.cat([h, cmap], dim=1))
+        h = inject(self.lay, 0, self.joint(torch.cat([h, cmap], dim=1)), layout)
         for block in self.res:
             h = block(h, c)
-        for up in self.ups:
-            h = up(h, c)
+        for i, up in enumerate(self.ups):
+            h = inject(self.lay, i + 1, up(h, c), layout)
         return self.head(h), mu, logvar
 
 
@@ -145,25 +201,29 @@ class StackGANGenerator(nn.Module):
         self.stage2 = Stage2Generator(cfg) if cfg.resolution != cfg.stage1_resolution else None
         self.num_ca = 1 + (self.stage2 is not None)  # one conditioning augmentation per stage, as in the paper
         self.pool = WordPool(cfg.text_dim) if cfg.word_pool else None
+        self.layout_net = build_layout_net(cfg)
 
-    def forward(self, z, sentence, words=None, mask=None, generator=None, ca_eps=None) -> GenOutput:
-        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are read only with word_pool (same call as AttnGAN).
+    def forward(self, z, sentence, words=None, mask=None, generator=None, ca_eps=None, layout=None) -> GenOutput:
+        """z (B, z_dim), sentence (B, D) -> GenOutput; words/mask are read only with word_pool or a layout stage
+        (same call as AttnGAN). layout: the painted map to draw (training), else predicted from the words.
 
         ca_eps: optional [(B, cond_dim)] * num_ca CA noise; else drawn from `generator`."""
         eps = ca_eps or [None] * self.num_ca
+        layout = generator_layout(self, words, mask, layout)
         if self.pool is not None:
             sentence = self.pool(sentence, words, mask)
-        img1, mu1, lv1 = self.stage1(z, sentence, generator, eps[0])
+        img1, mu1, lv1 = self.stage1(z, sentence, generator, eps[0], layout)
         if self.stage2 is None:
             return GenOutput([img1], [mu1], [lv1])
-        img2, mu2, lv2 = self.stage2(img1, sentence, generator, eps[1])
+        img2, mu2, lv2 = self.stage2(img1, sentence, generator, eps[1], layout)
         return GenOutput([img1, img2], [mu1, mu2], [lv1, lv2])
 
     def trainable_parameters(self):
-        """Stage II only when stage I is frozen (paper schedule), else everything."""
+        """Stage II only when stage I is frozen (paper schedule), else everything (but a layout stage's frozen box
+        predictor)."""
         if self.cfg.train_stage == "stage2":
             return list(self.stage2.parameters())
-        return list(self.parameters())
+        return generator_trainable(self)
 
 
 def build_discriminators(resolutions: list[int], text_dim: int, ndf: int, uncond: bool, sentence_norm: bool = False,

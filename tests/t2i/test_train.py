@@ -589,3 +589,81 @@ def test_data_two_object_prob_sets_the_training_mix_and_is_checked():
         share(two_object_prob=1.5)
     with pytest.raises(ValueError, match="for the shapes dataset"):
         _from_dict(DataConfig, {"dataset": "/some/cub", "two_object_prob": 0.9}, "data").shapes_kwargs()
+
+
+def _layout_source(tmp_path, channels=4):
+    """A tiny trained-looking LayoutNet export (layout_net/ folder, as the diffusion_layout bundle has) for
+    model.layout_from, and the overrides that give a GAN recipe a layout stage of its size."""
+    from t2i.models.diffusion import LayoutNet
+
+    torch.manual_seed(0)
+    LayoutNet(384, channels, 8, 1, contextual=True).save_pretrained(tmp_path / "lay/layout_net")
+    return [f"model.layout_channels={channels}", "model.layout_width=8", "model.layout_layers=1",
+            "model.layout_contextual=true", f"model.layout_from={tmp_path / 'lay'}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["stackgan", "attngan"])
+def test_layout_stage_starts_as_the_source_and_trains(family, text_encoder, tmp_path):
+    """A generator grown a layout stage from an export without one draws what the export drew (the injections start
+    at zero), whatever map it is given; 2 steps with the layout and object discriminators train the injections and
+    the painting projections, keep the box predictor frozen, log their losses, and the export reloads to identical
+    samples (the layout predicted from the caption)."""
+    from safetensors.torch import load_file
+
+    from t2i.train import GANFamily, TrainConfig
+
+    src = _run(family, tmp_path, text_encoder, ["name=src"])
+    lay = _layout_source(tmp_path)
+    fam = GANFamily(family, load_recipe(ROOT / f"configs/t2i/shapes_{family}.yaml", TINY[family] + lay)["model"],
+                    TrainConfig(init_from=str(src), lambda_damsm=0))  # fmt: skip
+    a = load_pipeline(src)
+    b = T2IPipeline(family, fam.modules["G"], fam.cfg, text_encoder=text_encoder)
+    a._encoder = text_encoder
+    caps = ["a small red circle in the top left corner", "a large blue square left of a green star"]
+    assert b.generator.layout_net is not None and torch.equal(a(caps, 2, seed=1), b(caps, 2, seed=1))
+    f = text_encoder.encode(caps)
+    z = torch.randn(2, b.z_dim)
+    eps = [torch.zeros(2, b.model_cfg.cond_dim)] * b.generator.num_ca
+    ref = a.generator(z, f.sentence, f.words, f.mask, ca_eps=eps).images[-1]
+    for m in (torch.zeros(2, 4, 16, 16), torch.randn(2, 4, 16, 16)):
+        assert torch.equal(ref, b.generator(z, f.sentence, f.words, f.mask, ca_eps=eps, layout=m).images[-1])
+
+    run = _run(family, tmp_path, text_encoder, lay + [f"train.init_from={src}", "train.object_d_weight=1",
+                                                      "name=trained"])  # fmt: skip
+    log = [json.loads(x) for x in (run / "train.log").read_text().splitlines()]
+    assert all(k in log[-1] and math.isfinite(log[-1][k]) for k in ("d_layout", "g_layout", "d_object", "g_object"))
+    # (the raw G: the EMA's arithmetic moves a constant weight by rounding)
+    before, after = fam.modules["G"].state_dict(), load_file(str(run / "checkpoints/step-000002/G.safetensors"))
+    painting = ("layout_net.proj.", "layout_net.hproj.")
+    predictor = [k for k in after if k.startswith("layout_net.") and not k.startswith(painting)]
+    assert predictor and all(torch.equal(before[k], after[k]) for k in predictor)
+    injections = [k for k in after if ".lay." in k and k.endswith("weight")]
+    assert injections and all(before[k].abs().sum() == 0 < after[k].abs().sum() for k in injections)
+    assert not torch.equal(before["layout_net.proj.weight"], after["layout_net.proj.weight"])
+    _reloads_identically(run, text_encoder)
+
+
+def test_layout_stage_errors_name_the_problem(text_encoder, tmp_path):
+    lay = _layout_source(tmp_path)
+    with pytest.raises(ValueError, match="needs a trained LayoutNet: set model.layout_from"):
+        _run("stackgan", tmp_path, text_encoder, lay[:-1], max_steps=0)
+    with pytest.raises(ValueError, match="layout_from needs the layout stage"):
+        _run("stackgan", tmp_path, text_encoder, lay[-1:], max_steps=0)
+    with pytest.raises(ValueError, match="object_d_weight > 0 needs the layout stage"):
+        _run("stackgan", tmp_path, text_encoder, ["train.object_d_weight=1"], max_steps=0)
+    with pytest.raises(ValueError, match=r"its LayoutNet differs from this recipe's in \['width'\]"):
+        _run("stackgan", tmp_path, text_encoder, lay + ["model.layout_width=16"], max_steps=0)
+    with pytest.raises(ValueError, match="no layout_net/ folder there"):
+        _run("stackgan", tmp_path, text_encoder, lay[:-1] + [f"model.layout_from={tmp_path}"], max_steps=0)
+
+
+def test_object_crops_equal_a_naive_slice_and_reach_the_image():
+    from t2i.nn import crop_boxes
+
+    img = torch.randn(2, 3, 16, 16, requires_grad=True)
+    boxes = torch.tensor([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    crops = crop_boxes(img, torch.tensor([1, 0]), boxes, 8, margin=0)
+    assert torch.allclose(crops[0], img[1, :, 8:16, 4:12], atol=1e-5)
+    assert torch.allclose(crops[1], img[0, :, 0:8, 0:8], atol=1e-5)
+    crops.sum().backward()
+    assert img.grad[1, :, 8:16, 4:12].abs().min() > 0 and img.grad[1, :, :8].abs().sum() == 0
