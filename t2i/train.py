@@ -391,16 +391,18 @@ class GANFamily:
                 "model.layout_channels > 0 needs a trained LayoutNet: set model.layout_from (e.g. "
                 "checkpoints/shapes64/diffusion_layout) or train.init_from a generator with a layout stage"
             )
-        mine = {id(q) for q in G.trainable_parameters()}  # the painting projections learn with G
-        for q in G.layout_net.parameters():
-            q.requires_grad_(id(q) in mine)
+        for q in self._frozen(G):  # the box predictor; the painting projections learn with G
+            q.requires_grad_(False)
 
-    def frozen_parameters(self) -> list:
+    @staticmethod
+    def _frozen(G) -> list:
         """G's parameters that stay fixed while G trains (not in its optimizer): a frozen stage I (train_stage
         stage2), a layout stage's box predictor."""
-        G = self.acc.unwrap_model(self.p["G"])
         mine = {id(q) for q in G.trainable_parameters()}
         return [q for q in G.parameters() if id(q) not in mine]
+
+    def frozen_parameters(self) -> list:
+        return self._frozen(self.acc.unwrap_model(self.p["G"]))
 
     def _load_stage1(self, G):
         p = self.cfg.stage1_checkpoint
@@ -433,16 +435,27 @@ class GANFamily:
         ca_gen = torch.Generator(device=self.acc.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         return G(z, f.sentence, f.words, f.mask, generator=ca_gen, layout=layout)
 
+    def _grounding(self, batch, f):
+        """(boxes (B, T, 4), valid (B, T)) of every object word of the batch's captions (grounding_targets), worked
+        out once per batch: the layout map and the object discriminator of both phases read the same."""
+        if "_grounding" not in batch:
+            from t2i.models.diffusion import grounding_targets
+
+            if any(a is None for a in batch["attributes"]):
+                raise ValueError("a generator with a layout stage trains on the scenes' object boxes: this dataset "
+                                 "has no per-image attributes (the Shapes dataset has)")  # fmt: skip
+            batch["_grounding"] = grounding_targets(self.encoder.tokenizer, batch["captions"], batch["attributes"],
+                                                    f.words.shape[1], self.encoder.max_length,
+                                                    self._grounding_cache)  # fmt: skip
+        return batch["_grounding"]
+
     def _objects(self, batch, f):
         """The batch's objects for the object discriminator: (image rows (N,), boxes (N, 4), the mean word feature of
         the tokens that name each (N, D)), from the same grounding as the layout map; or None when it is off (or no
         object is named)."""
         if self.t.object_d_weight <= 0:
             return None
-        from t2i.models.diffusion import grounding_targets
-
-        boxes, valid = grounding_targets(self.encoder.tokenizer, batch["captions"], batch["attributes"],
-                                         f.words.shape[1], self.encoder.max_length, self._grounding_cache)  # fmt: skip
+        boxes, valid = self._grounding(batch, f)
         rows, out, words = [], [], []
         for b in range(len(boxes)):
             seen: dict = {}
@@ -463,13 +476,7 @@ class GANFamily:
         stage."""
         if G.layout_net is None:
             return None
-        from t2i.models.diffusion import grounding_targets
-
-        if any(a is None for a in batch["attributes"]):
-            raise ValueError("a generator with a layout stage trains on the scenes' object boxes: this dataset has no "
-                             "per-image attributes (the Shapes dataset has)")  # fmt: skip
-        boxes, valid = grounding_targets(self.encoder.tokenizer, batch["captions"], batch["attributes"],
-                                         f.words.shape[1], self.encoder.max_length, self._grounding_cache)  # fmt: skip
+        boxes, valid = self._grounding(batch, f)
         boxes, valid = boxes.to(f.words.device), valid.to(f.words.device)
         state = None
         if G.layout_net.hproj is not None:
